@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The install step CI runs pins PyTorch; pyproject.toml itself only asks for torch>=2.4, so
+# `pip install -e .` elsewhere takes current releases. Override with e.g. TORCH_SPEC=torch.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_STORAGE ?= sqlite:///demo.db
+
+.PHONY: install demo test test-slow test-browser lint bench-workers bench-trainer clean
+
+$(BIN)/hpsearch: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/hpsearch
+
+demo: install
+	$(BIN)/hpsearch run quickstart --trials 20 --storage $(DEMO_STORAGE)
+	$(BIN)/hpsearch best quickstart --storage $(DEMO_STORAGE)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+lint: install
+	$(BIN)/ruff check hpsearch studies tests
+	$(BIN)/mypy hpsearch
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache demo.db

@@ -1,0 +1,149 @@
+"""Study modules: finding them by name or path, and reading what they declare.
+
+A study module is a small Python file (see `studies/`) with:
+- a docstring whose first line says what question it answers;
+- `suggest(trial, base) -> TrainConfig`, the search space: it returns `base` with the searched
+  fields replaced (`base` carries the run's data set, epochs and seed);
+- optionally `BASE` (a `TrainConfig` with the fixed parts), `DATASETS` (accepted by `--dataset`,
+  first is the default), `METRIC`, `TRIALS`, `PRUNER`, `SAMPLER`, `GRID` (the search space as
+  lists, for `SAMPLER = "grid"`) and `RECORD_INIT_STATS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import pkgutil
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import studies
+from hpsearch.config import TrainConfig
+from hpsearch.errors import ConfigError, StudyError, choices_hint
+from hpsearch.trainer import METRICS
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "grid")
+PRUNERS = ("median", "hyperband", "none")
+
+Suggest = Callable[[Any, TrainConfig], TrainConfig]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySpec:
+    name: str
+    description: str
+    suggest: Suggest
+    base: TrainConfig
+    datasets: tuple[str, ...]
+    metric: str
+    trials: int
+    pruner: str
+    sampler: str
+    grid: Mapping[str, Sequence[Any]] | None
+    record_init_stats: bool
+    path: Path
+    source_hash: str  # sha256 of the module file, recorded with every trial
+
+    @property
+    def direction(self) -> str:
+        return "maximize" if METRICS[self.metric] else "minimize"
+
+    @property
+    def default_dataset(self) -> str:
+        return self.datasets[0]
+
+
+def study_names() -> list[str]:
+    return sorted(m.name for m in pkgutil.iter_modules(studies.__path__) if not m.name.startswith("_"))
+
+
+def list_studies() -> list[StudySpec]:
+    return [load_study(name) for name in study_names()]
+
+
+def load_study(name_or_path: str) -> StudySpec:
+    """A built-in study by name (`mnist_mlp`) or a user's module by path (`./my_study.py`)."""
+    if name_or_path.endswith(".py") or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise StudyError(f"study module file {name_or_path!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"hpsearch_user_{path.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            raise StudyError(f"study module {path} failed to import: {e!r}") from e
+        return _read_module(module, path.stem, path)
+    names = study_names()
+    if name_or_path not in names:
+        raise StudyError(
+            f"{choices_hint(name_or_path, names, 'study')} (or give a path to your own module, "
+            "e.g. ./my_study.py; `hpsearch studies` lists them)"
+        )
+    module = importlib.import_module(f"studies.{name_or_path}")
+    return _read_module(module, name_or_path, Path(inspect.getfile(module)))
+
+
+def _read_module(module: ModuleType, name: str, path: Path) -> StudySpec:
+    suggest = getattr(module, "suggest", None)
+    if not callable(suggest):
+        raise StudyError(
+            f"study module {name!r} ({path}) has no search space: define "
+            "`def suggest(trial, base: TrainConfig) -> TrainConfig` returning "
+            "base.replace(<field>=trial.suggest_...(...), ...)"
+        )
+    base = getattr(module, "BASE", TrainConfig())
+    if not isinstance(base, TrainConfig):
+        raise StudyError(f"study module {name!r}: BASE must be a TrainConfig, got {type(base).__name__}")
+    datasets = tuple(getattr(module, "DATASETS", (base.dataset,)))
+    metric = getattr(module, "METRIC", "val_error")
+    if metric not in METRICS:
+        raise StudyError(f"study module {name!r}: {choices_hint(metric, list(METRICS), 'metric')}")
+    sampler = getattr(module, "SAMPLER", "tpe")
+    pruner = getattr(module, "PRUNER", "median")
+    grid = getattr(module, "GRID", None)
+    _check_choice(name, "SAMPLER", sampler, SAMPLERS)
+    _check_choice(name, "PRUNER", pruner, PRUNERS)
+    if sampler == "grid" and not grid:
+        raise StudyError(f"study module {name!r}: SAMPLER = 'grid' needs GRID = {{param: [values]}}")
+    doc = (module.__doc__ or "").strip()
+    return StudySpec(
+        name=name,
+        description=doc.splitlines()[0] if doc else "(no description)",
+        suggest=suggest,
+        base=base.replace(dataset=datasets[0]),
+        datasets=datasets,
+        metric=metric,
+        trials=int(getattr(module, "TRIALS", 20)),
+        pruner=pruner,
+        sampler=sampler,
+        grid=grid,
+        record_init_stats=bool(getattr(module, "RECORD_INIT_STATS", False)),
+        path=path,
+        source_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
+
+
+def _check_choice(study: str, field: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise StudyError(f"study module {study!r}: {field}: {choices_hint(value, valid, field.lower())}")
+
+
+def suggest_config(spec: StudySpec, trial: Any, base: TrainConfig) -> TrainConfig:
+    """Run a module's search space on a trial, naming the module if it returns something wrong."""
+    try:
+        config = spec.suggest(trial, base)
+    except ConfigError as e:
+        raise ConfigError(f"study module {spec.name!r} suggested an invalid config: {e}") from e
+    if not isinstance(config, TrainConfig):
+        raise StudyError(
+            f"study module {spec.name!r}: suggest() returned {type(config).__name__}, "
+            "expected a TrainConfig (return base.replace(...))"
+        )
+    return config

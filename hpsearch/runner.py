@@ -1,0 +1,385 @@
+"""One trial, from an Optuna trial to a told outcome, and the study it belongs to.
+
+This is the only module that connects Optuna to the trainer: it turns a trial into a
+`TrainConfig` through the study module, trains with a per-epoch callback that reports and asks
+the pruner, records what re-runs the trial, and tells Optuna one of four named outcomes:
+complete, pruned, failed (diverged, out of memory, bad config, a bug) or interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import platform
+import socket
+import threading
+import traceback
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+import hpsearch
+from hpsearch.config import TrainConfig
+from hpsearch.data import DataCache
+from hpsearch.devices import device_name
+from hpsearch.errors import HPSearchError, StudyError
+from hpsearch.registry import StudySpec, suggest_config
+from hpsearch.storage import MAX_RETRIES, StorageHandle
+from hpsearch.trainer import EpochRecord, TrainResult, train
+
+logger = logging.getLogger(__name__)
+
+# Trial user attributes written by hpsearch. Few keys on purpose: each one is a storage round-trip.
+ATTR_CONFIG = "config"  # the resolved TrainConfig, as a dict
+ATTR_RUN = "run"  # seed, device, worker, package versions, study module and its source hash
+ATTR_RESULT = "result"  # outcome, reason, stop reason, best epoch, seconds, parameter count
+ATTR_HISTORY = "history"  # per-epoch train/val loss, accuracy, error, F1, lr, seconds
+ATTR_INIT_STATS = "init_stats"
+
+# Outcomes; a failed trial counts toward the study's budget, an interrupted or lost one does not
+# (it is queued again with the same parameters).
+COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST = "complete", "pruned", "failed", "interrupted", "lost"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """What a `run` or `worker` command asked for, resolved against the study module."""
+
+    spec: StudySpec
+    study_name: str
+    dataset: str
+    epochs: int
+    seed: int
+    sampler: str
+    pruner: str
+    data_dir: Path | None = None
+
+    def base_config(self, trial_number: int) -> TrainConfig:
+        return self.spec.base.replace(
+            dataset=self.dataset, epochs=self.epochs, seed=self.seed + trial_number
+        )
+
+
+def resolve_settings(
+    spec: StudySpec,
+    *,
+    study_name: str | None = None,
+    dataset: str | None = None,
+    epochs: int | None = None,
+    seed: int = 0,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    data_dir: Path | None = None,
+) -> RunSettings:
+    from hpsearch.data import check_dataset_name
+
+    dataset = dataset or spec.default_dataset
+    check_dataset_name(dataset)
+    if dataset not in spec.datasets and not dataset.startswith("parity-"):
+        logger.warning("study %s lists %s; running it on %s anyway", spec.name, spec.datasets, dataset)
+    sampler = sampler or spec.sampler
+    if sampler == "grid" and not spec.grid:
+        raise StudyError(f"study {spec.name!r} declares no GRID, so --sampler grid cannot run it")
+    return RunSettings(
+        spec=spec,
+        study_name=study_name or default_study_name(spec, dataset),
+        dataset=dataset,
+        epochs=epochs or spec.base.epochs,
+        seed=seed,
+        sampler=sampler,
+        pruner=pruner or spec.pruner,
+        data_dir=data_dir,
+    )
+
+
+def default_study_name(spec: StudySpec, dataset: str) -> str:
+    """`mnist_mlp` on its default data set, `mnist_mlp-fashion-mnist` on another."""
+    return spec.name if dataset == spec.default_dataset else f"{spec.name}-{dataset}"
+
+
+def make_sampler(settings: RunSettings, *, seed: int | None) -> optuna.samplers.BaseSampler:
+    name = settings.sampler
+    if name == "tpe":
+        # The constant liar makes parallel workers avoid what the others are still evaluating.
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    assert name == "grid" and settings.spec.grid
+    return optuna.samplers.GridSampler(dict(settings.spec.grid), seed=seed)
+
+
+def make_pruner(settings: RunSettings) -> optuna.pruners.BasePruner:
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.epochs)
+    return optuna.pruners.NopPruner()
+
+
+def grid_size(settings: RunSettings) -> int | None:
+    if settings.sampler != "grid" or not settings.spec.grid:
+        return None
+    size = 1
+    for values in settings.spec.grid.values():
+        size *= len(values)
+    return size
+
+
+def open_study(
+    handle: StorageHandle, settings: RunSettings, *, sampler_seed: int | None = None
+) -> optuna.Study:
+    """Create the study, or load it and check that it is the same question on the same data."""
+    try:
+        study = optuna.create_study(
+            storage=handle.storage,
+            study_name=settings.study_name,
+            direction=settings.spec.direction,
+            sampler=make_sampler(settings, seed=sampler_seed),
+            pruner=make_pruner(settings),
+            load_if_exists=True,
+        )
+    except ValueError as e:  # an existing study with another direction
+        raise StudyError(
+            f"study {settings.study_name!r} in {handle.url} cannot be resumed: {e}; choose "
+            "another --study-name"
+        ) from e
+    attrs = study.user_attrs
+    if not attrs:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([settings.spec.metric])  # the dashboard's label for the value
+        for key, value in study_attrs(settings).items():
+            study.set_user_attr(key, value)
+        return study
+    for key in ("study_module", "dataset"):
+        expected = study_attrs(settings)[key]
+        if attrs.get(key) != expected:
+            raise StudyError(
+                f"study {settings.study_name!r} in {handle.url} was created with {key}="
+                f"{attrs.get(key)!r}, not {expected!r}; resume it with the same {key} or start a "
+                "new one with --study-name NAME"
+            )
+    return study
+
+
+def study_attrs(settings: RunSettings) -> dict[str, Any]:
+    return {
+        "study_module": settings.spec.name,
+        "dataset": settings.dataset,
+        "metric": settings.spec.metric,
+        "epochs": settings.epochs,
+        "seed": settings.seed,
+        "sampler": settings.sampler,
+        "pruner": settings.pruner,
+        "source_hash": settings.spec.source_hash,
+    }
+
+
+def package_versions() -> dict[str, str]:
+    return {
+        "hpsearch": hpsearch.__version__,
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "python": platform.python_version(),
+        "cuda": str(torch.version.cuda),
+    }
+
+
+def worker_identity() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialOutcome:
+    number: int
+    outcome: str
+    value: float | None
+    reason: str | None
+    seconds: float
+    error: bool = False  # failed by an exception (bad config, out of memory, a bug), not divergence
+
+
+def run_trial(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    settings: RunSettings,
+    *,
+    handle: StorageHandle,
+    device: torch.device,
+    data: DataCache,
+) -> TrialOutcome:
+    """Train one trial and tell Optuna how it ended; only KeyboardInterrupt propagates."""
+    spec = settings.spec
+    result: TrainResult | None = None
+
+    def finish(state: TrialState, outcome: str, reason: str | None, error: bool = False) -> TrialOutcome:
+        return _finish(study, trial, result, state=state, outcome=outcome, reason=reason,
+                       metric=spec.metric, error=error)
+
+    try:
+        with heartbeat(handle, trial._trial_id):
+            config = suggest_config(spec, trial, settings.base_config(trial.number))
+            trial.set_user_attr(ATTR_CONFIG, config.to_dict())
+            trial.set_user_attr(ATTR_RUN, run_record(settings, config, device))
+            splits = data.get(
+                config.dataset, val_fraction=config.val_fraction, split_seed=config.split_seed
+            )
+
+            def on_epoch(record: EpochRecord) -> bool:
+                trial.report(record.metric(spec.metric), record.epoch)
+                return trial.should_prune()
+
+            result = train(
+                config,
+                splits,
+                device=device,
+                on_epoch=on_epoch,
+                record_init_stats=spec.record_init_stats,
+            )
+    except KeyboardInterrupt:
+        finish(TrialState.FAIL, INTERRUPTED, "interrupted by the user")
+        retry(study, handle.storage.get_trial(trial._trial_id))
+        raise
+    except torch.OutOfMemoryError as e:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return finish(TrialState.FAIL, FAILED, f"out of memory on {device}: {_first_line(e)}", True)
+    except HPSearchError as e:
+        return finish(TrialState.FAIL, FAILED, str(e), True)
+    except Exception as e:
+        where = traceback.extract_tb(e.__traceback__)[-1]
+        logger.warning("trial %d raised", trial.number, exc_info=True)
+        reason = f"{type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
+        return finish(TrialState.FAIL, FAILED, reason, True)
+
+    if result.failure is not None:
+        return finish(TrialState.FAIL, FAILED, result.failure)
+    if result.stop_reason == "stopped":
+        return finish(TrialState.PRUNED, PRUNED, f"pruned after epoch {len(result.history)}")
+    return finish(TrialState.COMPLETE, COMPLETE, None)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def run_record(settings: RunSettings, config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """What re-runs a trial besides its config."""
+    return {
+        "seed": config.seed,
+        "dataset": config.dataset,
+        "split": {"val_fraction": config.val_fraction, "split_seed": config.split_seed},
+        "device": str(device),
+        "device_name": device_name(device),
+        "worker": worker_identity(),
+        "versions": package_versions(),
+        "study_module": settings.spec.name,
+        "source_hash": settings.spec.source_hash,
+    }
+
+
+def _finish(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    result: TrainResult | None,
+    *,
+    state: TrialState,
+    outcome: str,
+    reason: str | None,
+    metric: str,
+    error: bool,
+) -> TrialOutcome:
+    summary: dict[str, Any] = {"outcome": outcome, "reason": reason}
+    value = None
+    if result is not None:
+        summary.update(
+            stop_reason=result.stop_reason,
+            best_epoch=result.best_epoch,
+            epochs_run=len(result.history),
+            seconds=round(result.seconds, 3),
+            n_params=result.n_params,
+        )
+        trial.set_user_attr(ATTR_HISTORY, result.history_dict())
+        if result.init_stats is not None:
+            trial.set_user_attr(ATTR_INIT_STATS, result.init_stats)
+        if state == TrialState.COMPLETE:
+            value = result.final.metric(metric)
+    trial.set_user_attr(ATTR_RESULT, summary)
+    study.tell(trial, value, state=state)
+    if outcome in (FAILED, INTERRUPTED):
+        logger.warning("trial %d %s: %s", trial.number, outcome, reason)
+    return TrialOutcome(
+        number=trial.number,
+        outcome=outcome,
+        value=value,
+        reason=reason,
+        seconds=result.seconds if result else 0.0,
+        error=error,
+    )
+
+
+def retry(study: optuna.Study, failed: FrozenTrial) -> None:
+    """Queue the parameters of a trial that did not finish through no fault of its own."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, failed)
+
+
+@contextlib.contextmanager
+def heartbeat(handle: StorageHandle, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat while it runs, so a worker that dies is noticed.
+
+    Optuna beats only inside `Study.optimize`; hpsearch drives ask/tell itself, so it keeps the
+    beat with the storage's public `record_heartbeat`. A failed beat (the database restarting)
+    is logged and tried again at the next interval rather than ending the trial.
+    """
+    interval = handle.heartbeat_interval
+    if interval is None:
+        yield
+        return
+    storage = handle.storage
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as e:  # noqa: BLE001 - keep beating through transient errors
+                logger.warning("heartbeat of trial id %d failed: %s", trial_id, e)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def trial_outcome(trial: FrozenTrial) -> str | None:
+    """The hpsearch outcome recorded on a finished trial, if hpsearch finished it."""
+    result = trial.user_attrs.get(ATTR_RESULT)
+    return result.get("outcome") if isinstance(result, dict) else None
+
+
+def load_existing_study(handle: StorageHandle, study_name: str) -> optuna.Study:
+    """A study that must already exist; the error lists the ones that do."""
+    names = [s.study_name for s in optuna.get_all_study_summaries(handle.storage, include_best_trial=False)]
+    if study_name not in names:
+        known = ", ".join(sorted(names)) or "none yet; create one with `hpsearch run STUDY`"
+        raise StudyError(f"no study {study_name!r} in {handle.url}; studies there: {known}")
+    return optuna.load_study(study_name=study_name, storage=handle.storage)

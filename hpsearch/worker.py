@@ -1,0 +1,201 @@
+"""The worker loop: pull trials from a shared study until its budget of finished trials is met.
+
+`--trials N` is the budget of the *study*: every worker counts the trials already finished or
+under way and asks for a new one only while fewer than N are, under a lock shared by all
+workers of the study, so N workers and one worker alike end with exactly N finished trials.
+A trial counts once it is complete, pruned or failed through its own config (diverged, out of
+memory, a bug); a trial whose worker died or was interrupted does not count, and its parameters
+are queued again for whichever worker asks next.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from hpsearch.data import DataCache
+from hpsearch.errors import StudyError
+from hpsearch.runner import (
+    ATTR_RESULT,
+    ATTR_RUN,
+    FAILED,
+    LOST,
+    RunSettings,
+    TrialOutcome,
+    grid_size,
+    open_study,
+    retry,
+    run_trial,
+    trial_outcome,
+)
+from hpsearch.storage import StorageHandle
+
+logger = logging.getLogger(__name__)
+
+MAX_CONSECUTIVE_ERRORS = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetState:
+    done: int  # complete, pruned, or failed through their own config
+    running: int
+    waiting: int  # queued, e.g. retries of trials whose worker died
+
+    @property
+    def planned(self) -> int:
+        return self.done + self.running + self.waiting
+
+
+def budget_state(study: optuna.Study) -> BudgetState:
+    done = running = waiting = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            done += 1
+        elif t.state == TrialState.FAIL and trial_outcome(t) == FAILED:
+            done += 1
+        elif t.state == TrialState.RUNNING:
+            running += 1
+        elif t.state == TrialState.WAITING:
+            waiting += 1
+    return BudgetState(done, running, waiting)
+
+
+@dataclasses.dataclass
+class WorkerReport:
+    study_name: str
+    budget: int
+    outcomes: list[TrialOutcome] = dataclasses.field(default_factory=list)
+    stopped: str = "budget"  # "budget", "timeout" or "interrupted"
+    already_done: int = 0
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for o in self.outcomes if o.outcome == outcome)
+
+
+OnTrial = Callable[[TrialOutcome, BudgetState], None]
+
+
+def run_worker(
+    handle: StorageHandle,
+    settings: RunSettings,
+    *,
+    trials: int,
+    device: torch.device,
+    timeout: float | None = None,
+    sampler_seed: int | None = None,
+    on_trial: OnTrial | None = None,
+    poll_seconds: float = 1.0,
+) -> WorkerReport:
+    """Run trials of one study until it holds `trials` finished ones (or `timeout` passes)."""
+    if trials < 1:
+        raise StudyError(f"--trials {trials}: the study needs a budget of at least 1 trial")
+    grid = grid_size(settings)
+    if grid is not None and trials > grid:
+        logger.warning("the grid has %d points; running %d trials, not %d", grid, grid, trials)
+        trials = grid
+    data = DataCache(settings.data_dir, device)
+    base = settings.base_config(0)
+    # Load the data before creating any trial: a missing data set is one error, not N failures.
+    data.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
+    study = open_study(handle, settings, sampler_seed=sampler_seed)
+    report = WorkerReport(settings.study_name, trials, already_done=budget_state(study).done)
+    deadline = time.monotonic() + timeout if timeout else None
+    errors_in_a_row = 0
+
+    while True:
+        if deadline is not None and time.monotonic() > deadline:
+            report.stopped = "timeout"
+            break
+        recover_lost_trials(study, handle)
+        with handle.lock(settings.study_name):
+            state = budget_state(study)
+            if state.done >= trials:
+                break
+            trial = _ask(study) if state.planned < trials or state.waiting else None
+        if trial is None:
+            # The last trials are running elsewhere; wait for them, or for their workers to be
+            # declared dead and their trials queued again.
+            time.sleep(poll_seconds)
+            continue
+        try:
+            outcome = run_trial(study, trial, settings, handle=handle, device=device, data=data)
+        except KeyboardInterrupt:
+            report.stopped = "interrupted"
+            raise
+        report.outcomes.append(outcome)
+        if on_trial is not None:
+            on_trial(outcome, budget_state(study))
+        errors_in_a_row = errors_in_a_row + 1 if outcome.error else 0
+        if errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
+            raise StudyError(
+                f"{errors_in_a_row} trials in a row failed with errors, the last with: "
+                f"{outcome.reason}; fix the study module or the config and run again (the "
+                "failed trials stay in the study with their reasons)"
+            )
+    return report
+
+
+def _ask(study: optuna.Study) -> optuna.Trial:
+    with warnings.catch_warnings():
+        # Optuna warns that heartbeats are meant for Study.optimize; this loop keeps the beat
+        # itself (runner.heartbeat), so the warning does not apply.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage", category=UserWarning)
+        return study.ask()
+
+
+def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]:
+    """Fail, and queue again, running trials whose worker is gone; return their numbers.
+
+    Two ways to know: Optuna's heartbeat (RDB storages: no beat for the grace period), and, for
+    workers on this host, a process id that no longer exists, which also covers the journal
+    backend that has no heartbeat.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    host, me = socket.gethostname(), os.getpid()
+    lost = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = t.user_attrs.get(ATTR_RUN, {}).get("worker", {})
+        if worker.get("host") != host or worker.get("pid") in (None, me):
+            continue
+        if _process_alive(int(worker["pid"])):
+            continue
+        reason = f"worker {host}:{worker['pid']} died while running this trial"
+        try:
+            handle.storage.set_trial_user_attr(t._trial_id, ATTR_RESULT, {"outcome": LOST, "reason": reason})
+            if not handle.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker, or the heartbeat, got there first
+        logger.warning("trial %d: %s; queued again", t.number, reason)
+        retry(study, handle.storage.get_trial(t._trial_id))
+        lost.append(t.number)
+    return lost
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A killed child not yet reaped by its parent still answers signals; it is dead all the same.
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except (OSError, IndexError):
+            return True
+    return True
