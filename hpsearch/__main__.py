@@ -1,0 +1,5 @@
+"""`python -m hpsearch` is the `hpsearch` command (how launch starts its workers)."""
+
+from hpsearch.cli import main
+
+main()
