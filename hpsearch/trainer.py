@@ -88,6 +88,7 @@ class TrainResult:
     seconds: float
     test: Evaluation | None = None
     init_stats: dict[str, list[float]] | None = None
+    model: nn.Module | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def final(self) -> EpochRecord:
@@ -227,6 +228,7 @@ def train(
         seconds=time.perf_counter() - started,
         test=test,
         init_stats=init_stats,
+        model=model,
     )
 
 
