@@ -20,7 +20,7 @@ import pkgutil
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 import studies
 from hpsearch.config import TrainConfig
@@ -50,7 +50,7 @@ class StudySpec:
     source_hash: str  # sha256 of the module file, recorded with every trial
 
     @property
-    def direction(self) -> str:
+    def direction(self) -> Literal["minimize", "maximize"]:
         return "maximize" if METRICS[self.metric] else "minimize"
 
     @property

@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.config import TrainConfig
-from hpsearch.data import DataCache
+from hpsearch.data import DataCache, check_dataset_name
 from hpsearch.devices import device_name
 from hpsearch.errors import HPSearchError, StudyError
 from hpsearch.registry import StudySpec, suggest_config
@@ -78,8 +78,6 @@ def resolve_settings(
     pruner: str | None = None,
     data_dir: Path | None = None,
 ) -> RunSettings:
-    from hpsearch.data import check_dataset_name
-
     dataset = dataset or spec.default_dataset
     check_dataset_name(dataset)
     if dataset not in spec.datasets and not dataset.startswith("parity-"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
@@ -158,9 +159,9 @@ def _open_journal(url: str) -> StorageHandle:
         )
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
         raise StorageError(f"storage {url!r}: cannot read and write {path}; check its permissions")
-    backend = optuna.storages.journal.JournalFileBackend(str(path))
+    backend = JournalFileBackend(str(path))
     try:
-        storage = optuna.storages.journal.JournalStorage(backend)
+        storage = JournalStorage(backend)
     except (ValueError, OSError) as e:
         raise StorageError(f"storage {url!r}: {path} is not an Optuna journal file ({e})") from e
     return StorageHandle(url=f"journal:{path}", kind="journal", storage=storage, path=path)

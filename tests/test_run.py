@@ -268,3 +268,13 @@ def test_a_corrupt_sqlite_file_is_reported_not_overwritten(cli: CliRunner, tmp_p
     result = cli.invoke(main, ["run", "quickstart", "--storage", f"sqlite:///{path}"])
     assert result.exit_code == 1 and "cannot open storage" in result.output
     assert path.read_text() == "these are my notes, not a database"
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "gp", "cmaes"])
+def test_each_sampler_runs_a_study(sampler: str, cli: CliRunner, sqlite_url: str) -> None:
+    result = cli.invoke(main, ["run", "quickstart", "--trials", "3", "--epochs", "1", "--sampler", sampler,
+                               "--pruner", "none", "--storage", sqlite_url])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="quickstart", storage=sqlite_url)
+    assert study.user_attrs["sampler"] == sampler
+    assert len({t.params["lr"] for t in study.trials}) == 3
