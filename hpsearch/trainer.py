@@ -144,7 +144,10 @@ def train(
         raise ConfigError("evaluate_test=True needs splits made with final=True")
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    generator = torch.Generator(device=device)
+    # Shuffle where the data are; MPS generators are not dependable across torch versions, so
+    # Apple GPUs draw the permutation on the CPU and copy it (n int64s per epoch).
+    shuffle_device = torch.device("cpu") if device.type == "mps" else device
+    generator = torch.Generator(device=shuffle_device)
     generator.manual_seed(config.seed)
 
     model = build_model(config, data.input_shape, data.num_classes).to(device)
@@ -163,7 +166,7 @@ def train(
         model.train()
         lr = optimizer.param_groups[0]["lr"]
         loss_sum = torch.zeros((), device=device)
-        order = torch.randperm(n_train, device=device, generator=generator)
+        order = torch.randperm(n_train, device=shuffle_device, generator=generator).to(device)
         for start in range(0, n_train, batch):
             idx = order[start : start + batch]
             loss = compute_loss(config.loss, model(data.train.x[idx]), data.train.y[idx])
