@@ -174,9 +174,9 @@ def _print_best(study: optuna.Study, *, brief: bool) -> None:
                    f"in {result.get('seconds')} s, {result.get('n_params')} parameters")
 
 # --- issue 4: dashboard, report, export, final evaluation, rerun ---------------------------
-import json  # noqa: E402
+import json
 
-from hpsearch.dashboard import (  # noqa: E402 - one block, to keep merges with other commands simple
+from hpsearch.dashboard import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     EXPOSED_WARNING,
@@ -184,12 +184,12 @@ from hpsearch.dashboard import (  # noqa: E402 - one block, to keep merges with 
     is_loopback,
     make_dashboard_server,
 )
-from hpsearch.devices import device_name  # noqa: E402
-from hpsearch.errors import DeviceError  # noqa: E402
-from hpsearch.export import export_document, load_exported, write_document  # noqa: E402
-from hpsearch.final import markdown, run_final  # noqa: E402
-from hpsearch.report import write_report  # noqa: E402
-from hpsearch.rerun import rerun_trial  # noqa: E402
+from hpsearch.devices import device_name
+from hpsearch.errors import DeviceError
+from hpsearch.export import export_document, load_exported, write_document
+from hpsearch.final import markdown, run_final
+from hpsearch.report import write_report
+from hpsearch.rerun import rerun_trial
 
 
 @main.command("dashboard")

@@ -41,7 +41,7 @@ class _ThreadedServer(socketserver.ThreadingMixIn, WSGIServer):
 class _LoggingHandler(WSGIRequestHandler):
     """Request lines go to the log (visible with -vv), not straight to stderr."""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
+    def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
 

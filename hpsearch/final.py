@@ -226,11 +226,11 @@ def markdown(document: dict[str, Any]) -> str:
     verdicts = {frozenset((p["a"], p["b"])): p for p in document["comparisons"]}
     seeds = document["seeds"]
     lines = [
-        f"Test error over {seeds} seed(s) per config, {document['device_name']}; 95% intervals: "
-        "t over seeds for the mean, Wilson for each seed and for the seeds' vote.",
+        (f"Test error over {seeds} seed(s) per config, {document['device_name']}; 95% intervals: "
+         "t over seeds for the mean, Wilson for each seed and for the seeds' vote."),
         "",
-        "| config | data | search value | test error: mean (95% t-CI) | per seed | macro-F1 "
-        "| vote error (95% Wilson) | vs best (Holm) |",
+        ("| config | data | search value | test error: mean (95% t-CI) | per seed | macro-F1 "
+         "| vote error (95% Wilson) | vs best (Holm) |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in configs:

@@ -19,6 +19,7 @@ import datetime
 import html
 import logging
 import random
+import re
 import statistics
 import warnings
 from collections import Counter
@@ -43,6 +44,7 @@ CURVES_BEST = 30
 CURVES_PRUNED = 20
 MAX_INT_LEVELS = 12  # an integer parameter with at most this many values gets a table
 SAMPLE_SEED = 0
+MAX_REASONS = 15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +77,8 @@ def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
     ]
     page = _PAGE.format(
         title=html.escape(f"hpsearch report: {study.study_name}"),
-        plotlyjs=plotly.offline.get_plotlyjs(),
+        # Inlined once, and only when there is a figure to draw (it is 4.7 MB).
+        plotlyjs=plotly.offline.get_plotlyjs() if any(f.html for f in figures) else "",
         body="\n".join(sections),
         footer=html.escape(
             f"hpsearch {hpsearch.__version__}, optuna {optuna.__version__}; generated "
@@ -169,7 +172,7 @@ def _figures(
             return Figure(title, f"Not drawn: {unless}.", None)
         try:
             figure = _quiet(make)
-        except Exception as e:  # noqa: BLE001 - one bad figure must not lose the whole report
+        except Exception as e:  # one bad figure must not lose the whole report
             logger.warning("figure %r failed", title, exc_info=True)
             return Figure(title, f"Not drawn: {type(e).__name__}: {e}.", None)
         return Figure(title, f"Drawn from {note}.", figure.to_html(
@@ -272,21 +275,33 @@ def _outcome_section(trials: Sequence[FrozenTrial]) -> str:
         parts.append("<p>The study has no trials yet.</p></section>")
         return "".join(parts)
     parts.append(_table(("outcome", "trials"), counts.most_common()))
-    reasons: dict[str, list[int]] = {}
+    # Group failures that differ only in numbers (the epoch, the learning rate).
+    reasons: dict[str, list[FrozenTrial]] = {}
     for t in trials:
         if t.state == TrialState.FAIL:
-            result = t.user_attrs.get(ATTR_RESULT) or {}
-            reason = str(result.get("reason") or "no reason recorded")[:200]
-            reasons.setdefault(reason, []).append(t.number)
+            reasons.setdefault(_failure_kind(_reason(t)), []).append(t)
     if reasons:
-        rows = sorted(reasons.items(), key=lambda kv: -len(kv[1]))[:15]
+        rows = sorted(reasons.values(), key=lambda group: -len(group))[:MAX_REASONS]
         parts.append("<h3>Why trials failed</h3>")
-        parts.append(_table(("reason", "trials", "trial numbers"), [
-            (reason, len(numbers), ", ".join(map(str, numbers[:10])) + (" ..." if len(numbers) > 10 else ""))
-            for reason, numbers in rows
+        parts.append(_table(("reason (first example)", "trials", "trial numbers"), [
+            (_reason(group[0]), len(group),
+             ", ".join(str(t.number) for t in group[:10]) + (" ..." if len(group) > 10 else ""))
+            for group in rows
         ]))
+        if len(reasons) > MAX_REASONS:
+            parts.append(f'<p class="note">{len(reasons) - MAX_REASONS} rarer kinds of failure '
+                         "not shown.</p>")
     parts.append("</section>")
     return "\n".join(parts)
+
+
+def _reason(trial: FrozenTrial) -> str:
+    result = trial.user_attrs.get(ATTR_RESULT) or {}
+    return str(result.get("reason") or "no reason recorded")[:300]
+
+
+def _failure_kind(reason: str) -> str:
+    return re.sub(r"[-+]?\d[\d.]*(e[-+]?\d+)?", "#", reason)
 
 
 def _best_section(complete: list[FrozenTrial], *, metric: str, top: int = 10) -> str:
@@ -344,9 +359,9 @@ def _parameter_section(
     if not levels:
         return ""
     parts = ["<section><h2>Metric by parameter value</h2>",
-             f"<p class=\"note\">Every trial counts. Best and median {html.escape(metric)} are over "
-             "completed trials; pruned trials stopped early and have no final value, so a value "
-             "with many pruned trials was mostly judged poor by the pruner.</p>"]
+             (f"<p class=\"note\">Every trial counts. Best and median {html.escape(metric)} are "
+              "over completed trials; pruned trials stopped early and have no final value, so a "
+              "value with many pruned trials was mostly judged poor by the pruner.</p>")]
     for name, values in levels.items():
         rows = parameter_table(trials, name, values, maximize=maximize)
         if rows:

@@ -14,8 +14,8 @@ from hpsearch.errors import ConfigError, HPSearchError, StudyError
 from hpsearch.export import export_document, load_exported
 from hpsearch.final import compare_configs, markdown
 from hpsearch.registry import load_study
-from hpsearch.storage import open_storage
 from hpsearch.stats import wilson_interval
+from hpsearch.storage import open_storage
 
 # Early stopping with patience 1, so the export has a stopping rule to convert.
 EARLY_STUDY = '''"""Early stopping on digits, for the export tests."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -41,7 +42,7 @@ def test_wilson_contains_the_estimate_and_shrinks_as_the_test_set_grows() -> Non
         low, high = wilson_interval(errors, n)
         assert low <= errors / n <= high
         widths.append(high - low)
-    assert all(a > b for a, b in zip(widths, widths[1:]))
+    assert all(a > b for a, b in itertools.pairwise(widths))
     # Width falls like 1/sqrt(n): 100x the examples, about a tenth of the width.
     assert widths[0] / widths[2] == pytest.approx(10, rel=0.25)
 
