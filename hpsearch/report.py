@@ -189,7 +189,7 @@ def _figures(
              lambda: vis.plot_parallel_coordinate(plot_view, target_name=metric), no_params),
         draw("Slice plots", plotted_note,
              lambda: vis.plot_slice(plot_view, target_name=metric), no_params),
-        draw(f"Contour of {' and '.join(top2) or 'the two most important parameters'}",
+        draw(f"Contour of {' and '.join(top2) if len(top2) == 2 else 'the two most important parameters'}",
              plotted_note + "; the two most important parameters",
              lambda: vis.plot_contour(plot_view, params=top2, target_name=metric),
              "a contour needs two searched parameters" if len(top2) < 2 else None),
