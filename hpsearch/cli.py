@@ -304,7 +304,8 @@ def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
                   data_dir: Path | None) -> None:
     """Train trial TRIAL of STUDY_NAME again from its stored config and compare the metric."""
     study = load_existing_study(open_storage(storage, heartbeat=None), study_name)
-    stored_device = next((t.user_attrs.get("run", {}).get("device") for t in study.trials
+    stored_device = next((t.user_attrs.get("run", {}).get("device")
+                          for t in study.get_trials(deepcopy=False)
                           if t.number == trial), None)
     if device is None:
         try:
