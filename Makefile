@@ -27,6 +27,13 @@ test: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
+# optuna-dashboard's page is a React app: check in a real headless browser that it renders a
+# study's trials. Debian's chromium is installed when missing (needs root, or sudo).
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+test-browser: install
+	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+	$(BIN)/python -m pytest -m browser
+
 lint: install
 	$(BIN)/ruff check hpsearch studies tests
 	$(BIN)/mypy hpsearch

@@ -173,6 +173,171 @@ def _print_best(study: optuna.Study, *, brief: bool) -> None:
         click.echo(f"trained {result.get('epochs_run')} epochs (best epoch {result.get('best_epoch')}) "
                    f"in {result.get('seconds')} s, {result.get('n_params')} parameters")
 
+# --- issue 4: dashboard, report, export, final evaluation, rerun ---------------------------
+import json
+
+from hpsearch.dashboard import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    EXPOSED_WARNING,
+    dashboard_url,
+    is_loopback,
+    make_dashboard_server,
+)
+from hpsearch.devices import device_name
+from hpsearch.errors import DeviceError
+from hpsearch.export import export_document, load_exported, write_document
+from hpsearch.final import markdown, run_final
+from hpsearch.report import write_report
+from hpsearch.rerun import rerun_trial
+
+
+@main.command("dashboard")
+@storage_option
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to bind; anything but loopback exposes a dashboard without login.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port to listen on (0: any free port).")
+def dashboard_command(storage: str, host: str, port: int) -> None:
+    """Serve optuna-dashboard over the storage (Ctrl-C to stop)."""
+    handle = open_storage(storage, heartbeat=None)
+    server = make_dashboard_server(handle, host=host, port=port)
+    url = dashboard_url(server, host)
+    if not is_loopback(host):
+        click.secho("WARNING: " + EXPOSED_WARNING.format(url=url, port=server.server_address[1]),
+                    fg="red", bold=True, err=True)
+    click.echo(f"optuna-dashboard for {handle.url} at {url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("dashboard stopped")
+    finally:
+        server.server_close()
+
+
+@main.command("report")
+@click.argument("study_name")
+@storage_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+               default=Path("report.html"), show_default=True, help="HTML file to write.")
+def report_command(study_name: str, storage: str, output: Path) -> None:
+    """Write one self-contained HTML page of figures and trend tables for STUDY_NAME."""
+    handle = open_storage(storage, heartbeat=None)
+    study = load_existing_study(handle, study_name)
+    report = write_report(study, output, storage_url=handle.url)
+    drawn = sum(f.html is not None for f in report.figures)
+    click.echo(f"wrote {output} ({report.n_trials} trials, {drawn} of {len(report.figures)} "
+               f"figures drawn, {output.stat().st_size / 1e6:.1f} MB)")
+    for figure in report.figures:
+        if figure.html is None:
+            click.echo(f"  {figure.title}: {figure.caption}")
+
+
+@main.command("export")
+@click.argument("study_name")
+@storage_option
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of the best completed trials to export.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+               default=Path("best.yaml"), show_default=True, help="YAML file, or JSON by extension.")
+def export_command(study_name: str, storage: str, top: int, output: Path) -> None:
+    """Write the best configs of STUDY_NAME, ready for `hpsearch final`."""
+    handle = open_storage(storage, heartbeat=None)
+    document = export_document(load_existing_study(handle, study_name), top=top,
+                               storage_url=handle.url)
+    write_document(document, output)
+    click.echo(f"wrote {len(document['configs'])} config(s) to {output}")
+    for entry in document["configs"]:
+        search = entry["search"]
+        click.echo(f"  {entry['rank']}. trial {entry['trial']}: {entry['metric']} = "
+                   f"{entry['value']:.6g}; final run: {entry['config']['epochs']} epochs "
+                   f"(search: stopping={search['stopping']}, best epoch {search['best_epoch']} "
+                   f"of {search['epochs_run']})")
+
+
+@main.command("final")
+@click.argument("export_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Training runs per config; seed k is the config's seed + k.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding data files (env HPSEARCH_DATA_DIR).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+               default=Path("final.json"), show_default=True,
+               help="JSON file; the Markdown tables go beside it (.md).")
+def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | None,
+                  output: Path) -> None:
+    """Train each exported config on the full training set and test it, with intervals."""
+    entries = load_exported(export_file)
+    torch_device = resolve_device(device)
+    click.echo(f"{len(entries)} config(s) x {seeds} seed(s) on {torch_device}: training on the "
+               "official training set, testing on the official test set")
+
+    def on_run(label: str, run: dict[str, Any]) -> None:
+        if run.get("error") is None:
+            click.echo(f"  {label} seed {run['seed']}: failed: {run['failure']}")
+            return
+        low, high = run["error_ci"]
+        click.echo(f"  {label} seed {run['seed']}: test error {100 * run['error']:.2f}% "
+                   f"(95% CI {100 * low:.2f}-{100 * high:.2f}%), {run['epochs']} epochs, "
+                   f"{run['seconds']:.1f} s")
+
+    document = run_final(entries, seeds=seeds, device=torch_device, data_dir=data_dir,
+                         export_path=export_file, on_run=on_run)
+    table = markdown(document)
+    output.write_text(json.dumps(document) + "\n")
+    output.with_suffix(".md").write_text(table)
+    click.echo("")
+    click.echo(table)
+    click.echo(f"wrote {output} and {output.with_suffix('.md')}")
+
+
+@main.command("rerun")
+@click.argument("study_name")
+@click.argument("trial", type=click.IntRange(min=0))
+@storage_option
+@click.option("--device", default=None,
+              help=f"{DEVICE_HELP} [the device the trial ran on, if this machine has it]")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder holding data files (env HPSEARCH_DATA_DIR).")
+def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
+                  data_dir: Path | None) -> None:
+    """Train trial TRIAL of STUDY_NAME again from its stored config and compare the metric."""
+    study = load_existing_study(open_storage(storage, heartbeat=None), study_name)
+    stored_device = next((t.user_attrs.get("run", {}).get("device")
+                          for t in study.get_trials(deepcopy=False)
+                          if t.number == trial), None)
+    if device is None:
+        try:
+            torch_device = resolve_device(stored_device or "auto")
+        except DeviceError:
+            click.echo(f"the trial ran on {stored_device}, which this machine lacks; using auto")
+            torch_device = resolve_device("auto")
+    else:
+        torch_device = resolve_device(device)
+    rerun = rerun_trial(study, trial, device=torch_device, data_dir=data_dir)
+    stored = rerun.stored_run
+    click.echo(f"trial {trial} of {study_name} ({rerun.stored_result.get('outcome', '?')}), seed "
+               f"{rerun.config.seed}, {rerun.config.dataset}; stored on "
+               f"{stored.get('device_name', '?')}, rerun on {device_name(torch_device)}")
+    for package, (before, now) in rerun.version_changes.items():
+        click.echo(f"  note: {package} was {before}, is now {now}")
+    click.echo(f"{'epoch':>5}  {'stored ' + rerun.metric:>18}  {'rerun ' + rerun.metric:>18}")
+    for epoch, new in enumerate(rerun.history, start=1):
+        old = rerun.stored_history[epoch - 1] if epoch <= len(rerun.stored_history) else None
+        shown = f"{old:.6f}" if old is not None else "-"
+        click.echo(f"{epoch:>5}  {shown:>18}  {new:>18.6f}")
+    value = rerun.value
+    if rerun.stored_value is None or value is None:
+        click.echo(f"{rerun.metric}: stored {rerun.stored_value}, rerun {value} "
+                   f"({rerun.result.failure or 'the stored trial has no final value'})")
+    else:
+        diff = abs(value - rerun.stored_value)
+        verdict = "identical" if diff == 0 else f"differs by {diff:.3g}"
+        click.echo(f"{rerun.metric}: stored {rerun.stored_value:.6f}, rerun {value:.6f} ({verdict})")
+    if rerun.max_epoch_difference is not None:
+        click.echo(f"largest per-epoch difference: {rerun.max_epoch_difference:.3g}")
+
 
 if __name__ == "__main__":
     main()

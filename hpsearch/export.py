@@ -1,0 +1,197 @@
+"""The best configs of a study as a file that `final` reads back without the study.
+
+Each entry carries the full resolved `TrainConfig`, converted for a final run: a search stops on
+the validation split (early stopping, a target error), and a final run has no validation split,
+so the config is given the epoch count the study's stopping criterion chose (the trial's best
+epoch) and `stopping="fixed"`. Next to it: where it came from (study, trial number, metric and
+value, parameters), the data set, split and seed, package versions and the study module's
+source hash, so the file alone says what to re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+import hpsearch
+from hpsearch.config import TrainConfig
+from hpsearch.errors import ConfigError, HPSearchError, StudyError
+from hpsearch.runner import ATTR_CONFIG, ATTR_RESULT, ATTR_RUN
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportedConfig:
+    """One config to evaluate, and what it is known by."""
+
+    config: TrainConfig  # ready for a final run: stopping="fixed", epochs as the search chose
+    study: str | None = None
+    trial: int | None = None
+    metric: str | None = None
+    value: float | None = None
+    source: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # the rest of the entry
+
+    @property
+    def label(self) -> str:
+        if self.study is not None and self.trial is not None:
+            return f"{self.study}#{self.trial}"
+        return f"{self.config.dataset}/{self.config.model}"
+
+
+def final_config(config: TrainConfig, best_epoch: int) -> TrainConfig:
+    """The search config turned into one a final run (no validation split) can train."""
+    if best_epoch < 1:
+        raise StudyError(f"a trial whose best epoch is {best_epoch} cannot be trained again")
+    return config.replace(epochs=best_epoch, stopping="fixed")
+
+
+def best_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
+    """The `top` best completed trials, best first (ties keep trial order)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None]
+    if not done:
+        raise StudyError(
+            f"study {study.study_name!r} has no completed trial to export yet; run more trials "
+            f"(`hpsearch run ...`) or check `hpsearch report` for why they failed"
+        )
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    done.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
+    return done[:top]
+
+
+def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[str, Any]:
+    """A file entry for one trial, with its config converted for the final run."""
+    stored = trial.user_attrs.get(ATTR_CONFIG)
+    if not isinstance(stored, dict):
+        raise StudyError(
+            f"trial {trial.number} of study {study.study_name!r} has no stored config (user "
+            f"attribute {ATTR_CONFIG!r}); only trials run by hpsearch can be exported"
+        )
+    search_config = TrainConfig.from_dict(stored)
+    run = trial.user_attrs.get(ATTR_RUN, {})
+    result = trial.user_attrs.get(ATTR_RESULT, {})
+    best_epoch = result.get("best_epoch")
+    if not isinstance(best_epoch, int):
+        if search_config.stopping != "fixed":
+            raise StudyError(
+                f"trial {trial.number} of {study.study_name!r} records no best epoch, so its "
+                f"stopping={search_config.stopping!r} cannot be turned into a fixed epoch count"
+            )
+        best_epoch = search_config.epochs
+    config = final_config(search_config, best_epoch)
+    metric = study.user_attrs.get("metric") or (study.metric_names or ["value"])[0]
+    return {
+        "rank": rank,
+        "study": study.study_name,
+        "trial": trial.number,
+        "metric": metric,
+        "value": trial.value,
+        "study_module": run.get("study_module", study.user_attrs.get("study_module")),
+        "source_hash": run.get("source_hash", study.user_attrs.get("source_hash")),
+        "dataset": config.dataset,
+        "split": {"val_fraction": config.val_fraction, "split_seed": config.split_seed},
+        "seed": config.seed,
+        "params": dict(trial.params),
+        "search": {
+            "stopping": search_config.stopping,
+            "max_epochs": search_config.epochs,
+            "best_epoch": best_epoch,
+            "epochs_run": result.get("epochs_run"),
+            "stop_reason": result.get("stop_reason"),
+            "seconds": result.get("seconds"),
+            "device_name": run.get("device_name"),
+        },
+        "versions": run.get("versions", {}),
+        "config": config.to_dict(),
+    }
+
+
+def export_document(study: optuna.Study, *, top: int, storage_url: str) -> dict[str, Any]:
+    trials = best_trials(study, top)
+    if len(trials) < top:
+        logger.warning("study %s has only %d completed trials; exporting those", study.study_name,
+                       len(trials))
+    return {
+        "hpsearch_export": FORMAT_VERSION,
+        "study": study.study_name,
+        "storage": storage_url,
+        "direction": study.direction.name.lower(),
+        "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hpsearch_version": hpsearch.__version__,
+        "note": "config is converted for the final run: epochs = the trial's best epoch, "
+                "stopping = fixed (a final run has no validation split)",
+        "configs": [export_entry(study, t, rank=i + 1) for i, t in enumerate(trials)],
+    }
+
+
+def write_document(document: Mapping[str, Any], path: Path) -> None:
+    """YAML unless the file name ends in .json."""
+    if path.suffix.lower() == ".json":
+        text = json.dumps(document, indent=2) + "\n"
+    else:
+        text = yaml.safe_dump(dict(document), sort_keys=False, width=100)
+    path.write_text(text)
+
+
+def load_exported(path: Path) -> list[ExportedConfig]:
+    """Read an export file (YAML or JSON). Entries need only `config`; the rest is provenance."""
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise HPSearchError(f"cannot read export file {path}: {e.strerror}") from e
+    try:
+        document = json.loads(text) if Path(path).suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise HPSearchError(f"export file {path} is not valid YAML/JSON: {e}") from e
+    entries = document.get("configs") if isinstance(document, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise HPSearchError(
+            f"export file {path} has no `configs:` list; write one with "
+            "`hpsearch export STUDY --storage URL -o best.yaml`"
+        )
+    return [_read_entry(entry, i, path) for i, entry in enumerate(entries)]
+
+
+def _read_entry(entry: Any, index: int, path: Path) -> ExportedConfig:
+    where = f"export file {path}, entry {index + 1}"
+    if not isinstance(entry, dict) or "config" not in entry:
+        raise HPSearchError(f"{where}: each entry needs a `config:` mapping of TrainConfig fields")
+    try:
+        config = TrainConfig.from_dict(entry["config"])
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    if config.stopping != "fixed":
+        raise ConfigError(
+            f"{where}: stopping={config.stopping!r} needs a validation split, which a final run "
+            "does not have; set stopping: fixed and epochs: N (hpsearch export does this)"
+        )
+    trial = entry.get("trial")
+    value = entry.get("value")
+    return ExportedConfig(
+        config=config,
+        study=entry.get("study"),
+        trial=int(trial) if trial is not None else None,
+        metric=entry.get("metric"),
+        value=float(value) if value is not None else None,
+        source={k: v for k, v in entry.items() if k != "config"},
+    )
+
+
+def label_all(entries: Sequence[ExportedConfig]) -> list[str]:
+    """Labels for a set of entries, made unique when two entries share one."""
+    labels = [e.label for e in entries]
+    if len(set(labels)) == len(labels):
+        return labels
+    return [f"{label} ({i + 1})" for i, label in enumerate(labels)]

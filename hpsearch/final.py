@@ -1,0 +1,284 @@
+"""The final evaluation: exported configs, trained on the whole official training set with
+several seeds and evaluated once on the official test set, which the search never loaded.
+
+For each config and seed: test error and accuracy with a 95% Wilson interval (the test set is a
+sample of examples), macro-F1 and the confusion matrix. Per config: the mean over seeds with a
+95% t-interval (the seed is a sample of training runs). Between configs: McNemar's exact test
+on the same test examples, each config represented by the plurality vote of its seeds (one
+prediction per example, so the examples stay the independent units of the test; pooling the
+seeds' predictions instead would count each example several times and overstate significance).
+The p-values of all pairs are Holm-corrected; a pair whose corrected p-value is not below 0.05 is
+reported as tied.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import itertools
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpsearch.data import DataCache
+from hpsearch.devices import device_name
+from hpsearch.export import ExportedConfig, label_all
+from hpsearch.runner import package_versions
+from hpsearch.stats import (
+    ALPHA,
+    CONFIDENCE,
+    holm,
+    mcnemar_paired,
+    mean_std,
+    plurality_vote,
+    t_interval,
+    wilson_interval,
+)
+from hpsearch.trainer import train
+
+logger = logging.getLogger(__name__)
+
+OnRun = Callable[[str, dict[str, Any]], None]
+
+
+def run_final(
+    entries: Sequence[ExportedConfig],
+    *,
+    seeds: int,
+    device: torch.device,
+    data_dir: Path | None = None,
+    export_path: Path | None = None,
+    on_run: OnRun | None = None,
+) -> dict[str, Any]:
+    """Train and test every entry with `seeds` seeds; the whole result as a JSON-ready dict.
+
+    Seed k of a config is the config's own seed + k, so seed 0 repeats the trial's seed.
+    """
+    data = DataCache(data_dir, device)
+    labels = label_all(entries)
+    configs = []
+    test_labels: dict[str, list[int]] = {}
+    for label, entry in zip(labels, entries):
+        result = evaluate_config(entry, label=label, seeds=seeds, device=device, data=data,
+                                 on_run=on_run)
+        test_labels.setdefault(result["dataset"], result.pop("test_labels"))
+        configs.append(result)
+    return {
+        "hpsearch_final": 1,
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "export_file": str(export_path) if export_path else None,
+        "export_sha256": _sha256(export_path) if export_path else None,
+        "seeds": seeds,
+        "confidence": CONFIDENCE,
+        "device": str(device),
+        "device_name": device_name(device),
+        "host": socket.gethostname(),
+        "versions": package_versions(),
+        "method": {
+            "per_seed_interval": "Wilson score interval for the test error (scipy binomtest)",
+            "mean_interval": "Student t interval over the per-seed test errors (scipy ttest_1samp)",
+            "comparison": "exact McNemar test (binomial on discordant examples) between the "
+                          "plurality votes of each config's seeds, on the same test examples",
+            "correction": f"Holm over all pairs; tied when the corrected p >= {ALPHA:.2f}",
+        },
+        "configs": configs,
+        "comparisons": compare_configs(configs, test_labels),
+        "test_labels": test_labels,
+    }
+
+
+def evaluate_config(
+    entry: ExportedConfig,
+    *,
+    label: str,
+    seeds: int,
+    device: torch.device,
+    data: DataCache,
+    on_run: OnRun | None = None,
+) -> dict[str, Any]:
+    config = entry.config
+    splits = data.get(config.dataset, val_fraction=config.val_fraction,
+                      split_seed=config.split_seed, final=True)
+    assert splits.test is not None
+    n_test = len(splits.test)
+    runs = []
+    for k in range(seeds):
+        seeded = config.replace(seed=config.seed + k)
+        result = train(seeded, splits, device=device, evaluate_test=True)
+        run: dict[str, Any] = {
+            "seed": seeded.seed,
+            "epochs": len(result.history),
+            "seconds": round(result.seconds, 3),
+            "failure": result.failure,
+            "rerun": {
+                "config": seeded.to_dict(),
+                "dataset": seeded.dataset,
+                "split": {"final": True, "train": "official training set",
+                          "test": "official test set", "n_train": len(splits.train),
+                          "n_test": n_test},
+                "device": str(device),
+                "device_name": device_name(device),
+                "versions": package_versions(),
+                "study": entry.study,
+                "trial": entry.trial,
+                "study_module": entry.source.get("study_module"),
+                "source_hash": entry.source.get("source_hash"),
+            },
+        }
+        if result.test is not None:
+            test = result.test
+            errors = n_test - sum(test.confusion[i][i] for i in range(len(test.confusion)))
+            low, high = wilson_interval(errors, n_test)
+            run.update(
+                errors=errors,
+                error=test.error,
+                error_ci=[low, high],
+                accuracy=test.accuracy,
+                accuracy_ci=[1.0 - high, 1.0 - low],
+                f1=test.f1,
+                loss=test.loss,
+                confusion=test.confusion,
+                predictions=test.predictions,
+            )
+        else:
+            logger.warning("%s seed %d failed: %s", label, seeded.seed, result.failure)
+        runs.append(run)
+        if on_run is not None:
+            on_run(label, run)
+    return {
+        "label": label,
+        "study": entry.study,
+        "trial": entry.trial,
+        "metric": entry.metric,
+        "search_value": entry.value,
+        "dataset": config.dataset,
+        "n_test": n_test,
+        "config": config.to_dict(),
+        "summary": summarise(runs, splits.test.y.tolist()),
+        "runs": runs,
+        "test_labels": splits.test.y.tolist(),
+    }
+
+
+def summarise(runs: Sequence[dict[str, Any]], labels: Sequence[int]) -> dict[str, Any] | None:
+    """Mean over the seeds that finished, with t-intervals, and the seeds' plurality vote."""
+    ok = [r for r in runs if r.get("error") is not None]
+    if not ok:
+        return None
+    errors = [r["error"] for r in ok]
+    mean_error, std_error = mean_std(errors)
+    ci = t_interval(errors)
+    f1_mean, _ = mean_std([r["f1"] for r in ok])
+    vote = plurality_vote([r["predictions"] for r in ok])
+    vote_errors = sum(p != y for p, y in zip(vote, labels))
+    confusion = torch.tensor([r["confusion"] for r in ok]).sum(dim=0).tolist()
+    return {
+        "seeds_ok": len(ok),
+        "seeds_failed": len(runs) - len(ok),
+        "mean_error": mean_error,
+        "std_error": std_error,
+        "error_t_ci": list(ci) if ci else None,
+        "mean_accuracy": 1.0 - mean_error,
+        "accuracy_t_ci": [1.0 - ci[1], 1.0 - ci[0]] if ci else None,
+        "mean_f1": f1_mean,
+        "vote_error": vote_errors / len(labels),
+        "vote_error_ci": list(wilson_interval(vote_errors, len(labels))),
+        "confusion_sum": confusion,  # over the seeds that finished; rows true, columns predicted
+        "vote_predictions": vote,
+    }
+
+
+def compare_configs(
+    configs: Sequence[dict[str, Any]], test_labels: dict[str, list[int]]
+) -> list[dict[str, Any]]:
+    """McNemar on every pair of configs tested on the same data set, Holm-corrected together."""
+    pairs = []
+    for a, b in itertools.combinations(configs, 2):
+        if a["dataset"] != b["dataset"] or a["summary"] is None or b["summary"] is None:
+            continue
+        labels = test_labels[a["dataset"]]
+        correct_a = [p == y for p, y in zip(a["summary"]["vote_predictions"], labels)]
+        correct_b = [p == y for p, y in zip(b["summary"]["vote_predictions"], labels)]
+        test = mcnemar_paired(correct_a, correct_b)
+        pairs.append({"a": a["label"], "b": b["label"], "only_a_correct": test.only_a,
+                      "only_b_correct": test.only_b, "p_value": test.p_value})
+    for pair, adjusted in zip(pairs, holm([p["p_value"] for p in pairs])):
+        pair["p_holm"] = adjusted
+        if adjusted >= ALPHA:
+            pair["verdict"] = "tied"
+        else:
+            pair["verdict"] = f"{pair['a'] if pair['only_a_correct'] > pair['only_b_correct'] else pair['b']} better"
+    return pairs
+
+
+def markdown(document: dict[str, Any]) -> str:
+    """The short tables printed after a final run and written beside the JSON."""
+    pct = _pct
+    configs = sorted(
+        document["configs"],
+        key=lambda c: c["summary"]["mean_error"] if c["summary"] else float("inf"),
+    )
+    best = configs[0]["label"] if configs and configs[0]["summary"] else None
+    verdicts = {frozenset((p["a"], p["b"])): p for p in document["comparisons"]}
+    seeds = document["seeds"]
+    lines = [
+        (f"Test error over {seeds} seed(s) per config, {document['device_name']}; 95% intervals: "
+         "t over seeds for the mean, Wilson for each seed and for the seeds' vote."),
+        "",
+        ("| config | data | search value | test error: mean (95% t-CI) | per seed | macro-F1 "
+         "| vote error (95% Wilson) | vs best (Holm) |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for c in configs:
+        s = c["summary"]
+        search = f"{c['metric']} {c['search_value']:.4f}" if c["search_value"] is not None else "-"
+        if s is None:
+            lines.append(f"| {c['label']} | {c['dataset']} | {search} | all seeds failed | | | | |")
+            continue
+        mean = pct(s["mean_error"])
+        if s["error_t_ci"]:
+            mean += f" ({pct(s['error_t_ci'][0])}-{pct(s['error_t_ci'][1])})"
+        per_seed = ", ".join(pct(r["error"]) if r.get("error") is not None else "failed"
+                             for r in c["runs"])
+        vote = f"{pct(s['vote_error'])} ({pct(s['vote_error_ci'][0])}-{pct(s['vote_error_ci'][1])})"
+        if c["label"] == best:
+            versus = "best"
+        else:
+            pair = verdicts.get(frozenset((c["label"], best)))
+            versus = "-" if pair is None else (
+                f"tied (p={pair['p_holm']:.3g})" if pair["verdict"] == "tied"
+                else f"{pair['verdict']} (p={pair['p_holm']:.3g})")
+        lines.append(f"| {c['label']} | {c['dataset']} | {search} | {mean} | {per_seed} "
+                     f"| {s['mean_f1']:.4f} | {vote} | {versus} |")
+    lines += ["", "| config | seed | test error (95% Wilson) | accuracy | macro-F1 | epochs | s |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for c in configs:
+        for r in c["runs"]:
+            if r.get("error") is None:
+                lines.append(f"| {c['label']} | {r['seed']} | failed: {r['failure']} | | | "
+                             f"{r['epochs']} | {r['seconds']:.1f} |")
+                continue
+            lines.append(
+                f"| {c['label']} | {r['seed']} | {pct(r['error'])} ({pct(r['error_ci'][0])}-"
+                f"{pct(r['error_ci'][1])}) | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['epochs']} "
+                f"| {r['seconds']:.1f} |"
+            )
+    if document["comparisons"]:
+        lines += ["", "| pair | only A right | only B right | McNemar p | Holm p | verdict |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for p in document["comparisons"]:
+            lines.append(f"| {p['a']} vs {p['b']} | {p['only_a_correct']} | {p['only_b_correct']} "
+                         f"| {p['p_value']:.3g} | {p['p_holm']:.3g} | {p['verdict']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
