@@ -14,12 +14,16 @@ import fcntl
 import hashlib
 import logging
 import os
+import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from sqlalchemy.engine import make_url
 
@@ -34,6 +38,11 @@ STORAGE_FORMS = (
 )
 DEFAULT_HEARTBEAT = 10  # seconds between heartbeats of a running trial (RDB storages)
 MAX_RETRIES = 2  # a trial whose worker keeps dying (killed for memory, say) is given up after this
+# How long a PostgreSQL worker keeps retrying while the server is unreachable (a restart, a
+# failover) before it gives up; env HPSEARCH_DB_RETRY_SECONDS.
+DEFAULT_DB_RETRY_SECONDS = 300.0
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -46,10 +55,40 @@ class StorageHandle:
     path: Path | None = None  # the file behind sqlite and journal storages
 
     @property
+    def rdb(self) -> optuna.storages.RDBStorage | None:
+        """The RDBStorage underneath, for SQLite and PostgreSQL."""
+        storage = self.storage.inner if isinstance(self.storage, RetryingStorage) else self.storage
+        return storage if isinstance(storage, optuna.storages.RDBStorage) else None
+
+    @property
     def heartbeat_interval(self) -> int | None:
-        if isinstance(self.storage, optuna.storages.RDBStorage):
-            return self.storage.heartbeat_interval
-        return None
+        return self.rdb.heartbeat_interval if self.rdb is not None else None
+
+    @contextlib.contextmanager
+    def single_writer(self) -> Iterator[None]:
+        """Refuse a second worker on one SQLite file, which would end in "database is locked".
+
+        The `flock` is released by the kernel when the worker exits, however it exits. Readers
+        (the dashboard, `status`, `report`) do not take it.
+        """
+        if self.kind != "sqlite":
+            yield
+            return
+        assert self.path is not None
+        with open(f"{self.path}.hpsearch-worker", "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                raise StorageError(
+                    f"another worker is already writing {self.url}; SQLite takes one writer at a "
+                    f"time. For parallel workers use a journal file (--storage journal:"
+                    f"{self.path.with_suffix('.log')}) on one machine, or PostgreSQL "
+                    "(--storage postgresql://USER@HOST/DB) across machines"
+                ) from e
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def lock(self, study_name: str) -> Iterator[None]:
@@ -59,15 +98,31 @@ class StorageHandle:
         backends use `flock` on a sidecar file, which the kernel frees likewise.
         """
         if self.kind == "postgresql":
-            assert isinstance(self.storage, optuna.storages.RDBStorage)
+            assert self.rdb is not None and isinstance(self.storage, RetryingStorage)
             key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
-            with self.storage.engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            engine = self.rdb.engine
+
+            def acquire() -> sqlalchemy.Connection:
+                conn = engine.connect()
                 try:
-                    yield
-                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                except BaseException:
+                    conn.close()
+                    raise
+                return conn
+
+            conn = self.storage.retrying(acquire, "pg_advisory_lock")
+            try:
+                yield
+            finally:
+                try:
                     conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
                     conn.commit()
+                except sqlalchemy.exc.SQLAlchemyError as e:
+                    # The server dropped the session, and its advisory locks with it.
+                    logger.warning("releasing the study lock failed (%s); the server released it", e)
+                finally:
+                    conn.close()
         else:
             assert self.path is not None
             with open(f"{self.path}.hpsearch-lock", "a") as handle:
@@ -78,12 +133,25 @@ class StorageHandle:
                     fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def open_storage(url: str | None, *, heartbeat: int | None = DEFAULT_HEARTBEAT) -> StorageHandle:
+def default_heartbeat() -> int:
+    """Seconds between heartbeats: DEFAULT_HEARTBEAT, or env HPSEARCH_HEARTBEAT_SECONDS."""
+    raw = os.environ.get("HPSEARCH_HEARTBEAT_SECONDS", "")
+    if not raw:
+        return DEFAULT_HEARTBEAT
+    if not raw.isdigit() or int(raw) < 1:
+        raise StorageError(f"HPSEARCH_HEARTBEAT_SECONDS={raw!r}: give a whole number of seconds >= 1")
+    return int(raw)
+
+
+def open_storage(url: str | None, *, heartbeat: int | None | str = "default") -> StorageHandle:
     """Open (creating tables or files as needed) the storage behind `url`.
 
     `heartbeat` (seconds) turns on Optuna's heartbeat for RDB storages, so a trial whose worker
     died is failed after 3 missed beats and its parameters queued again.
     """
+    if heartbeat == "default":
+        heartbeat = default_heartbeat()
+    assert heartbeat is None or isinstance(heartbeat, int)
     url = (url or DEFAULT_STORAGE).strip()
     if url.startswith("journal:"):
         return _open_journal(url)
@@ -117,7 +185,8 @@ def open_storage(url: str | None, *, heartbeat: int | None = DEFAULT_HEARTBEAT) 
         with warnings.catch_warnings():
             # Heartbeats and their retry callback are marked experimental since Optuna 2.8.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = _rdb_storage(parsed.render_as_string(hide_password=False), engine_kwargs, heartbeat)
+            full_url = parsed.render_as_string(hide_password=False)
+            storage = _open_rdb(full_url, engine_kwargs, heartbeat, postgres=kind == "postgresql")
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError, ImportError) as e:
         cause = e.__cause__ or e
         reason = str(getattr(cause, "orig", None) or cause).strip().splitlines()[0]
@@ -131,7 +200,36 @@ def open_storage(url: str | None, *, heartbeat: int | None = DEFAULT_HEARTBEAT) 
         raise StorageError(
             f"storage {shown!r}: {e}; upgrade it with `optuna storage upgrade --storage URL`"
         ) from e
-    return StorageHandle(url=shown, kind=kind, storage=storage, path=path if kind == "sqlite" else None)
+    if kind == "postgresql":
+        # Optuna caches finished trials in front of an RDB storage (as `create_study` would do
+        # itself); the retrying layer sits outside that cache.
+        return StorageHandle(url=shown, kind=kind, storage=RetryingStorage(
+            optuna.storages._CachedStorage(storage), what=shown))
+    return StorageHandle(url=shown, kind=kind, storage=storage, path=path)
+
+
+# A server that is restarting or dropped this session, as opposed to a wrong host, port, user or
+# database, which should fail at once with its reason.
+_SERVER_WENT_AWAY = ("terminating connection", "server closed the connection", "connection reset",
+                     "the database system is starting up", "the database system is shutting down")
+OPEN_RETRY_SECONDS = 30.0
+
+
+def _open_rdb(
+    url: str, engine_kwargs: dict[str, object], heartbeat: int | None, *, postgres: bool
+) -> optuna.storages.RDBStorage:
+    deadline = time.monotonic() + OPEN_RETRY_SECONDS
+    while True:
+        try:
+            return _rdb_storage(url, engine_kwargs, heartbeat)
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
+            text = str(e.__cause__ or e).lower()
+            if not postgres or not any(m in text for m in _SERVER_WENT_AWAY):
+                raise
+            if time.monotonic() > deadline:
+                raise
+            logger.warning("PostgreSQL went away while opening the storage; retrying")
+            time.sleep(1.0)
 
 
 def _rdb_storage(url: str, engine_kwargs: dict[str, object], heartbeat: int | None) -> optuna.storages.RDBStorage:
@@ -165,3 +263,88 @@ def _open_journal(url: str) -> StorageHandle:
     except (ValueError, OSError) as e:
         raise StorageError(f"storage {url!r}: {path} is not an Optuna journal file ({e})") from e
     return StorageHandle(url=f"journal:{path}", kind="journal", storage=storage, path=path)
+
+
+def _transient(error: BaseException) -> bool:
+    """A dropped connection or an unreachable server, as opposed to a bad query or bad data."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
+            return True
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True
+        if type(seen).__module__.startswith("psycopg") and type(seen).__name__ in (
+            "OperationalError", "InterfaceError"
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def db_retry_seconds() -> float:
+    raw = os.environ.get("HPSEARCH_DB_RETRY_SECONDS", "")
+    try:
+        return float(raw) if raw else DEFAULT_DB_RETRY_SECONDS
+    except ValueError as e:
+        raise StorageError(f"HPSEARCH_DB_RETRY_SECONDS={raw!r} is not a number of seconds") from e
+
+
+class RetryingStorage(BaseStorage, BaseHeartbeat):
+    """Optuna's PostgreSQL storage, retried while the server restarts or drops connections.
+
+    Every storage call is one transaction in Optuna (its `_create_scoped_session`), rolled back
+    on error, so repeating a call that failed on a lost connection is safe; the one exception is
+    a `create_new_trial` whose commit reached the server just before the connection died, which
+    would leave one extra RUNNING trial that the heartbeat later fails. `pool_pre_ping` on the
+    engine replaces pooled connections the restart killed.
+    """
+
+    def __init__(self, inner: optuna.storages._CachedStorage, *, what: str) -> None:
+        self._cached = inner
+        self.inner: optuna.storages.RDBStorage = inner._backend
+        self._what = what
+        self.retry_seconds = db_retry_seconds()
+
+    def retrying(self, call: Callable[[], T], name: str) -> T:
+        deadline = time.monotonic() + self.retry_seconds
+        pause = 0.5
+        while True:
+            try:
+                return call()
+            except Exception as e:
+                if not _transient(e) or time.monotonic() + pause > deadline:
+                    if _transient(e):
+                        raise StorageError(
+                            f"storage {self._what} unreachable for {self.retry_seconds:.0f} s "
+                            f"(last error in {name}: {e.__cause__ or e}); finished trials are "
+                            "kept; start the worker again once the server is back"
+                        ) from e
+                    raise
+                logger.warning("storage %s: %s failed (%s); retrying in %.1f s", self._what,
+                               name, type(e.__cause__ or e).__name__, pause)
+                time.sleep(pause)
+                pause = min(2 * pause, 10.0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: RetryingStorage, *args: Any, **kwargs: Any) -> Any:
+        target = getattr(self._cached, name)
+        return self.retrying(lambda: target(*args, **kwargs), name)
+
+    method.__name__ = name
+    return method
+
+
+# Every abstract storage and heartbeat method goes through the retry; listing them from the base
+# classes keeps the wrapper complete when Optuna adds one.
+for _name in sorted(BaseStorage.__abstractmethods__ | BaseHeartbeat.__abstractmethods__
+                    | {"get_trial", "get_best_trial", "get_n_trials", "get_study_name_from_id",
+                       "get_trial_id_from_study_id_trial_number", "check_trial_is_updatable",
+                       "get_trial_number_from_id", "get_trial_params", "get_trial_user_attrs",
+                       "get_trial_system_attrs", "get_failed_trial_callback",
+                       "get_heartbeat_stale_trial_callback"}):
+    setattr(RetryingStorage, _name, _delegate(_name))
+RetryingStorage.__abstractmethods__ = frozenset()
