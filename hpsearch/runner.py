@@ -114,7 +114,9 @@ def make_sampler(settings: RunSettings, *, seed: int | None) -> optuna.samplers.
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     assert name == "grid" and settings.spec.grid
-    return optuna.samplers.GridSampler(dict(settings.spec.grid), seed=seed)
+    # The seed shuffles the grid, and a trial's grid point is an index into that order: every
+    # worker must share one order, or two workers' indices would name the same point.
+    return optuna.samplers.GridSampler(dict(settings.spec.grid), seed=settings.seed)
 
 
 def make_pruner(settings: RunSettings) -> optuna.pruners.BasePruner:
@@ -314,7 +316,13 @@ def _finish(
         if state == TrialState.COMPLETE:
             value = result.final.metric(metric)
     trial.set_user_attr(ATTR_RESULT, summary)
-    study.tell(trial, value, state=state)
+    try:
+        study.tell(trial, value, state=state)
+    except RuntimeError as e:
+        # GridSampler calls `study.stop()` once the last grid point is told, which Optuna allows
+        # only inside `optimize`; the state is stored by then, and the worker stops on its budget.
+        if "Study.stop" not in str(e):
+            raise
     if outcome in (FAILED, INTERRUPTED):
         logger.warning("trial %d %s: %s", trial.number, outcome, reason)
     return TrialOutcome(
@@ -347,7 +355,7 @@ def heartbeat(handle: StorageHandle, trial_id: int) -> Iterator[None]:
         yield
         return
     storage = handle.storage
-    assert isinstance(storage, optuna.storages.RDBStorage)
+    assert isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat)
     stop = threading.Event()
 
     def beat() -> None:
