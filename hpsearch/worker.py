@@ -103,6 +103,22 @@ def run_worker(
     if grid is not None and trials > grid:
         logger.warning("the grid has %d points; running %d trials, not %d", grid, grid, trials)
         trials = grid
+    with handle.single_writer():
+        return _run_worker(handle, settings, trials=trials, device=device, timeout=timeout,
+                           sampler_seed=sampler_seed, on_trial=on_trial, poll_seconds=poll_seconds)
+
+
+def _run_worker(
+    handle: StorageHandle,
+    settings: RunSettings,
+    *,
+    trials: int,
+    device: torch.device,
+    timeout: float | None,
+    sampler_seed: int | None,
+    on_trial: OnTrial | None,
+    poll_seconds: float,
+) -> WorkerReport:
     data = DataCache(settings.data_dir, device)
     base = settings.base_config(0)
     # Load the data before creating any trial: a missing data set is one error, not N failures.
