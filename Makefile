@@ -34,6 +34,10 @@ test-browser: install
 	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 	$(BIN)/python -m pytest -m browser
 
+# Trials per second with 1, 2, 4 and 8 workers on PostgreSQL and a journal file (not a test).
+bench-workers: install
+	$(BIN)/python benchmarks/bench_workers.py
+
 lint: install
 	$(BIN)/ruff check hpsearch studies tests
 	$(BIN)/mypy hpsearch
