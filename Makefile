@@ -20,6 +20,13 @@ install: $(BIN)/hpsearch
 demo: install
 	$(BIN)/hpsearch run quickstart --trials 20 --storage $(DEMO_STORAGE)
 	$(BIN)/hpsearch best quickstart --storage $(DEMO_STORAGE)
+	@echo ""
+	@echo "next (see README.md):"
+	@echo "  $(BIN)/hpsearch dashboard --storage $(DEMO_STORAGE)        # browse trials at http://127.0.0.1:8080/dashboard"
+	@echo "  $(BIN)/hpsearch report quickstart --storage $(DEMO_STORAGE) -o report.html"
+	@echo "  $(BIN)/hpsearch export quickstart --storage $(DEMO_STORAGE) --top 3 -o best.yaml"
+	@echo "  $(BIN)/hpsearch final best.yaml --seeds 5 -o final.json   # test error with 95% intervals"
+	@echo "  $(BIN)/hpsearch launch quickstart --workers 2 --trials 40 --storage journal:demo.log   # parallel workers"
 
 test: install
 	$(BIN)/python -m pytest
@@ -43,4 +50,4 @@ lint: install
 	$(BIN)/mypy hpsearch
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache demo.db
+	rm -rf $(VENV) *.egg-info .pytest_cache demo.db demo.log *.hpsearch-* report.html best.yaml final.json final.md

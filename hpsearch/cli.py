@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import signal
@@ -18,11 +19,23 @@ import torch
 import yaml
 
 from hpsearch import __version__
-from hpsearch.devices import DEVICE_HELP, resolve_device
+from hpsearch.dashboard import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    EXPOSED_WARNING,
+    dashboard_url,
+    is_loopback,
+    make_dashboard_server,
+)
 from hpsearch.data import DataCache
-from hpsearch.errors import HPSearchError, StorageError
+from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
+from hpsearch.errors import DeviceError, HPSearchError, StorageError
+from hpsearch.export import export_document, load_exported, write_document
+from hpsearch.final import markdown, run_final
 from hpsearch.parallel import launch, parse_gpus, plan_workers
 from hpsearch.registry import PRUNERS, SAMPLERS, list_studies, load_study
+from hpsearch.report import write_report
+from hpsearch.rerun import rerun_trial
 from hpsearch.runner import (
     ATTR_CONFIG,
     ATTR_RESULT,
@@ -347,25 +360,6 @@ def _print_best(study: optuna.Study, *, brief: bool) -> None:
         result = best.user_attrs.get(ATTR_RESULT, {})
         click.echo(f"trained {result.get('epochs_run')} epochs (best epoch {result.get('best_epoch')}) "
                    f"in {result.get('seconds')} s, {result.get('n_params')} parameters")
-
-# --- issue 4: dashboard, report, export, final evaluation, rerun ---------------------------
-import json
-
-from hpsearch.dashboard import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    EXPOSED_WARNING,
-    dashboard_url,
-    is_loopback,
-    make_dashboard_server,
-)
-from hpsearch.devices import device_name
-from hpsearch.errors import DeviceError
-from hpsearch.export import export_document, load_exported, write_document
-from hpsearch.final import markdown, run_final
-from hpsearch.report import write_report
-from hpsearch.rerun import rerun_trial
-
 
 @main.command("dashboard")
 @storage_option

@@ -248,7 +248,7 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, object], heartbeat: int | No
 
 def _open_journal(url: str) -> StorageHandle:
     raw = url[len("journal:") :]
-    path = Path(raw[2:] if raw.startswith("//") else raw)
+    path = Path(raw.removeprefix("//"))
     if not raw or str(path) in ("", "."):
         raise StorageError(f"storage {url!r} names no file; use journal:PATH.log")
     if not path.parent.resolve().is_dir():

@@ -59,9 +59,7 @@ class BudgetState:
 def budget_state(study: optuna.Study) -> BudgetState:
     done = running = waiting = 0
     for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            done += 1
-        elif t.state == TrialState.FAIL and trial_outcome(t) == FAILED:
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.state == TrialState.FAIL and trial_outcome(t) == FAILED:
             done += 1
         elif t.state == TrialState.RUNNING:
             running += 1

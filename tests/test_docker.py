@@ -14,7 +14,7 @@ DOCKER = Path(__file__).resolve().parent.parent / "docker"
 
 def test_dockerfile_copies_files_that_exist() -> None:
     text = (DOCKER / "Dockerfile").read_text()
-    sources = [s for line in re.findall(r"^COPY (.+)$", text, re.M) for s in line.split()[:-1]]
+    sources = [s for line in re.findall(r"^COPY (.+)$", text, re.MULTILINE) for s in line.split()[:-1]]
     assert sources and all((DOCKER.parent / s).exists() for s in sources), sources
     assert 'ENTRYPOINT ["hpsearch"]' in text
 

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 import torch
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import f1_score

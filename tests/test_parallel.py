@@ -14,6 +14,7 @@ import optuna
 import psycopg
 import pytest
 import sqlalchemy
+import torch
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
@@ -24,8 +25,6 @@ from hpsearch.registry import load_study
 from hpsearch.runner import resolve_settings
 from hpsearch.storage import _transient, open_storage
 from hpsearch.worker import budget_state, run_worker
-
-import torch
 
 CPU = torch.device("cpu")
 
