@@ -203,8 +203,9 @@ def open_storage(url: str | None, *, heartbeat: int | None | str = "default") ->
     if kind == "postgresql":
         # Optuna caches finished trials in front of an RDB storage (as `create_study` would do
         # itself); the retrying layer sits outside that cache.
-        return StorageHandle(url=shown, kind=kind, storage=RetryingStorage(
-            optuna.storages._CachedStorage(storage), what=shown))
+        # (mypy cannot see the methods that the loop below the class fills in.)
+        retrying = RetryingStorage(optuna.storages._CachedStorage(storage), what=shown)  # type: ignore[abstract]
+        return StorageHandle(url=shown, kind=kind, storage=retrying)
     return StorageHandle(url=shown, kind=kind, storage=storage, path=path)
 
 
