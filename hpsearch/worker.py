@@ -59,7 +59,8 @@ class BudgetState:
 def budget_state(study: optuna.Study) -> BudgetState:
     done = running = waiting = 0
     for t in study.get_trials(deepcopy=False):
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.state == TrialState.FAIL and trial_outcome(t) == FAILED:
+        finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        if finished or (t.state == TrialState.FAIL and trial_outcome(t) == FAILED):
             done += 1
         elif t.state == TrialState.RUNNING:
             running += 1
