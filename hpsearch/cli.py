@@ -13,6 +13,7 @@ import optuna
 import yaml
 
 from hpsearch import __version__
+from hpsearch.batch_worker import run_population_worker
 from hpsearch.devices import DEVICE_HELP, resolve_device
 from hpsearch.errors import HPSearchError
 from hpsearch.registry import PRUNERS, SAMPLERS, list_studies, load_study
@@ -27,6 +28,7 @@ from hpsearch.runner import (
     resolve_settings,
 )
 from hpsearch.storage import DEFAULT_STORAGE, open_storage
+from hpsearch.trainer import SpeedOptions
 from hpsearch.worker import BudgetState, run_worker
 
 
@@ -93,9 +95,17 @@ def studies_command() -> None:
 
 @main.command("run")
 @study_options
+@click.option("--population", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ask for up to K trials at a time and train same-shape MLP trials together as "
+                   "one stacked computation (1: one trial at a time).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="torch.compile the training step (CUDA graphs on CUDA); pays off over many trials.")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast for single-path trials (not the default: "
+              "results differ from float32).")
 def run_command(study: str, trials: int | None, timeout: float | None, storage: str, study_name: str | None,
                 dataset: str | None, data_dir: Path | None, epochs: int | None, device: str, seed: int,
-                sampler: str | None, pruner: str | None) -> None:
+                sampler: str | None, pruner: str | None, population: int = 1, compile_: bool = False,
+                bf16: bool = False) -> None:
     """Create or resume STUDY and run trials until it holds --trials finished ones.
 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
@@ -117,8 +127,14 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
             bar.update(min(state.done, budget) - bar.pos)
 
         try:
-            report = run_worker(handle, settings, trials=budget, device=torch_device,
-                                timeout=timeout, sampler_seed=seed, on_trial=on_trial)
+            if population > 1 or compile_ or bf16:
+                report = run_population_worker(
+                    handle, settings, trials=budget, population=population, device=torch_device,
+                    timeout=timeout, sampler_seed=seed, on_trial=on_trial,
+                    speed=SpeedOptions(compile=compile_, bf16=bf16))
+            else:
+                report = run_worker(handle, settings, trials=budget, device=torch_device,
+                                    timeout=timeout, sampler_seed=seed, on_trial=on_trial)
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: finished trials are kept in {handle.url}; the running trial "
                        "is queued again. Run the same command to resume.", err=True)

@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import optuna
 import pytest
 import torch
+from click.testing import CliRunner
+from optuna.trial import TrialState
 
+from hpsearch.batch_worker import run_population_worker
+from hpsearch.cli import main
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits, load_raw, make_splits
 from hpsearch.errors import ConfigError
 from hpsearch.optim import build_optimizer
 from hpsearch.population import stackable_key, train_population
+from hpsearch.registry import load_study
+from hpsearch.runner import open_study, resolve_settings
 from hpsearch.stacked_optim import StackedOptimizer
+from hpsearch.storage import open_storage
 from hpsearch.trainer import EpochRecord, train
 
 CPU = torch.device("cpu")
@@ -131,3 +140,49 @@ def test_stackable_key_groups_same_shapes_only() -> None:
     with pytest.raises(ConfigError, match="cannot train as one stack"):
         train_population([BASE, BASE.replace(hidden=(8,))], make_splits(
             load_raw("iris"), name="iris", val_fraction=0.2, split_seed=0), device=CPU)
+
+
+def test_cli_population_run_finishes_exactly_the_budget(
+    cli: CliRunner, sqlite_url: str, mnist_dir: Path
+) -> None:
+    args = ["run", "hinton_mlp", "--population", "4", "--trials", "6", "--epochs", "2",
+            "--dataset", "fashion-mnist", "--data-dir", str(mnist_dir), "--storage", sqlite_url,
+            "--device", "cpu", "--pruner", "none"]
+    result = cli.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "ran 6 trials" in result.output
+    trials = optuna.load_study(study_name="hinton_mlp", storage=sqlite_url).get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    # Asked four, then the two left in the budget; each batch trained as one stack.
+    assert sorted(t.user_attrs["run"]["population"] for t in trials) == [2, 2, 4, 4, 4, 4]
+    for trial in trials:
+        history = trial.user_attrs["history"]
+        assert len(history["val_error"]) == 2 == len(trial.intermediate_values)
+        assert trial.value == pytest.approx(history["val_error"][-1])
+        assert trial.user_attrs["config"]["seed"] == trial.number
+        assert trial.user_attrs["result"]["outcome"] == "complete"
+    assert min(t.value for t in trials) < 0.5  # ten classes: chance error is 0.9
+    # Running again with a larger budget resumes and adds exactly the difference.
+    more = cli.invoke(main, [*args[:5], "7", *args[6:]])
+    assert more.exit_code == 0 and "ran 1 trials" in more.output, more.output
+
+
+class _PruneTrialOne(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == 1
+
+
+def test_population_worker_prunes_members_one_by_one(
+    sqlite_url: str, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hpsearch.runner.make_pruner", lambda settings: _PruneTrialOne())
+    settings = resolve_settings(load_study("hinton_mlp"), dataset="fashion-mnist", epochs=3,
+                                data_dir=mnist_dir)
+    handle = open_storage(sqlite_url)
+    study = open_study(handle, settings)
+    report = run_population_worker(handle, settings, trials=3, population=3, device=CPU)
+    assert [o.outcome for o in report.outcomes] == ["complete", "pruned", "complete"]
+    trials = study.get_trials()
+    assert [len(t.intermediate_values) for t in trials] == [3, 1, 3]
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["run"]["population"] == 3
+    assert trials[1].user_attrs["result"]["reason"] == "pruned after epoch 1"
