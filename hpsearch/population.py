@@ -170,9 +170,9 @@ def train_population(
                 if m.best_row is None and m.failure is None:
                     m.best_row = flat[row].detach().clone()
         if len(keep) < len(live):
-            index = torch.tensor(keep, device=device, dtype=torch.long)
-            flat = flat.detach()[index].requires_grad_(True)
-            optimizer.keep(index)
+            kept = torch.tensor(keep, device=device, dtype=torch.long)
+            flat = flat.detach()[kept].requires_grad_(True)
+            optimizer.keep(kept)
             live = [live[r] for r in keep]
         if not live:
             break

@@ -57,8 +57,8 @@ class StackedOptimizer:
         self.exp_avg = torch.zeros_like(flat) if self.kind != "sgd" else None
         self.exp_avg_sq = torch.zeros_like(flat) if self.kind != "sgd" else None
         self.momentum_buffer: torch.Tensor | None = None
-        update = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}[self.kind]
-        self._update: Callable[..., None] = torch.compile(update) if compile else update
+        updates: dict[str, Callable[..., None]] = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}
+        self._update = torch.compile(updates[self.kind]) if compile else updates[self.kind]
 
     def set_lr(self, values: Sequence[float]) -> None:
         """Per-member learning rates for the coming epoch (schedules are stepped per member)."""
