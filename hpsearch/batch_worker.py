@@ -16,7 +16,6 @@ dashboard's intermediate values and per-trial pruning work as before.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 import traceback
@@ -151,9 +150,7 @@ def _run_batch(
 ) -> None:
     """Train and tell every trial of the batch; only KeyboardInterrupt propagates."""
     spec = settings.spec
-    with contextlib.ExitStack() as beats:
-        for pending in batch:
-            beats.enter_context(heartbeat(handle, pending.trial._trial_id))
+    with heartbeat(handle, [pending.trial._trial_id for pending in batch]):
         try:
             for pending in batch:
                 _prepare(study, pending, settings, device)

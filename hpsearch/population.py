@@ -34,7 +34,7 @@ from hpsearch.metrics import confusion_matrix, macro_f1
 from hpsearch.models import build_model, count_parameters
 from hpsearch.optim import build_scheduler
 from hpsearch.stacked_optim import STACKED_OPTIMIZERS, StackedOptimizer
-from hpsearch.trainer import EpochRecord, TrainResult, batch_size_for, compute_loss
+from hpsearch.trainer import EpochRecord, TrainResult, batch_size_for
 
 logger = logging.getLogger(__name__)
 
@@ -261,14 +261,16 @@ def _evaluate(
     """Validation loss, accuracy, error and macro-F1 per member, as `trainer.evaluate` computes them."""
     k, n = flat.shape[0], len(split)
     x = split.x.reshape(n, -1)
-    step = max(1, 10000 // k)  # keep the stacked activations about as large as the single path's
+    # About 10,000 rows of activations at a time, as the single path, but never chunks so small
+    # that a large population spends the epoch launching kernels.
+    step = max(256, 10000 // k)
     loss_sum = torch.zeros(k, device=flat.device)
     preds = []
     for start in range(0, n, step):
         xb, yb = x[start : start + step], split.y[start : start + step]
         logits = _forward(flat, shapes, xb.expand(k, *xb.shape), activation, torch.ones(()),
                           live, training=False)
-        loss_sum += torch.stack([compute_loss(loss_name, logits[i], yb) for i in range(k)]) * yb.numel()
+        loss_sum += _member_losses(loss_name, logits, yb.expand(k, -1)) * yb.numel()
         preds.append(logits.argmax(dim=-1))
     pred = torch.cat(preds, dim=1)
     confusion = confusion_matrix(pred, split.y.expand(k, n), num_classes)

@@ -23,6 +23,7 @@ from hpsearch.runner import open_study, resolve_settings
 from hpsearch.stacked_optim import StackedOptimizer
 from hpsearch.storage import open_storage
 from hpsearch.trainer import EpochRecord, train
+from hpsearch.worker import run_worker
 
 CPU = torch.device("cpu")
 BASE = TrainConfig(dataset="digits", hidden=(32, 16), batch_size=64, epochs=3)
@@ -186,3 +187,21 @@ def test_population_worker_prunes_members_one_by_one(
     assert [len(t.intermediate_values) for t in trials] == [3, 1, 3]
     assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["run"]["population"] == 3
     assert trials[1].user_attrs["result"]["reason"] == "pruned after epoch 1"
+
+
+def test_population_worker_gives_the_one_at_a_time_results(tmp_path: Path) -> None:
+    """Same sampler seed, same trials: stacking changes the speed, not the study's values."""
+    values = {}
+    for k in (1, 3):
+        settings = resolve_settings(load_study("hinton_mlp"), dataset="digits", epochs=2,
+                                    sampler="random", pruner="none", study_name=f"k{k}")
+        handle = open_storage(f"sqlite:///{tmp_path / f'k{k}.db'}")
+        if k == 1:
+            run_worker(handle, settings, trials=3, device=CPU, sampler_seed=0)
+        else:
+            run_population_worker(handle, settings, trials=3, population=k, device=CPU, sampler_seed=0)
+        trials = optuna.load_study(study_name=f"k{k}", storage=handle.storage).trials
+        values[k] = [(t.params, t.value) for t in trials]
+    assert [p for p, _ in values[1]] == [p for p, _ in values[3]]
+    for (_, alone), (_, stacked) in zip(values[1], values[3]):
+        assert stacked == pytest.approx(alone, abs=1.5 / 180)  # at most one of 180 val images
