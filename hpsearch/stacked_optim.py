@@ -56,6 +56,7 @@ class StackedOptimizer:
         self.steps = 0
         self.exp_avg = torch.zeros_like(flat) if self.kind != "sgd" else None
         self.exp_avg_sq = torch.zeros_like(flat) if self.kind != "sgd" else None
+        self.scratch = torch.empty_like(flat) if self.kind != "sgd" else None  # reused every step
         self.momentum_buffer: torch.Tensor | None = None
         updates: dict[str, Callable[..., None]] = {"adam": _adam, "adamw": _adamw, "sgd": _sgd}
         self._update = torch.compile(updates[self.kind]) if compile else updates[self.kind]
@@ -66,6 +67,7 @@ class StackedOptimizer:
 
     @torch.no_grad()
     def step(self, flat: torch.Tensor, grad: torch.Tensor) -> None:
+        """Update `flat` in place; `grad` is used as scratch space and overwritten."""
         self.steps += 1
         if self.kind == "sgd":
             if self.momentum_buffer is None:
@@ -77,61 +79,68 @@ class StackedOptimizer:
             self._update(flat, grad, self.momentum_buffer, self.lr, self.weight_decay,
                          self.momentum, first, self.nesterov)
             return
-        assert self.exp_avg is not None and self.exp_avg_sq is not None
+        assert self.exp_avg is not None and self.exp_avg_sq is not None and self.scratch is not None
         # Bias corrections are per member (its own betas) but the step count is shared.
         bc1 = 1 - self.beta1 ** self.steps
         bc2_sqrt = (1 - self.beta2 ** self.steps).sqrt()
-        self._update(flat, grad, self.exp_avg, self.exp_avg_sq, self.lr, self.weight_decay,
-                     self.beta1, self.beta2, self.eps, bc1, bc2_sqrt)
+        self._update(flat, grad, self.exp_avg, self.exp_avg_sq, self.scratch, self.lr,
+                     self.weight_decay, self.beta1, self.beta2, self.eps, bc1, bc2_sqrt)
 
     def keep(self, index: torch.Tensor) -> None:
         """Drop the members not in `index` (diverged, pruned or stopped), keeping the others' state."""
         for name in ("lr", "weight_decay", "momentum", "beta1", "beta2", "eps", "exp_avg",
-                     "exp_avg_sq", "momentum_buffer"):
+                     "exp_avg_sq", "scratch", "momentum_buffer"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value[index])
 
 
+# The updates work in place on the gradient (the caller's fresh tensor, not needed afterwards)
+# and a scratch buffer kept between steps, so a step allocates nothing: on a CPU the update is
+# memory-bound, and each out-of-place op would cost a full pass over K * P fresh numbers more.
+
+
 def _adam(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor,
-    wd: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, eps: torch.Tensor,
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, scratch: torch.Tensor,
+    lr: torch.Tensor, wd: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, eps: torch.Tensor,
     bc1: torch.Tensor, bc2_sqrt: torch.Tensor,
 ) -> None:
-    _adam_moments(p, g + wd * p, m, v, lr, beta1, beta2, eps, bc1, bc2_sqrt)  # L2 via the gradient
+    g.addcmul_(p, wd)  # L2 through the gradient, as torch.optim.Adam does
+    _adam_moments(p, g, m, v, scratch, lr, beta1, beta2, eps, bc1, bc2_sqrt)
 
 
 def _adamw(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor,
-    wd: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, eps: torch.Tensor,
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, scratch: torch.Tensor,
+    lr: torch.Tensor, wd: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, eps: torch.Tensor,
     bc1: torch.Tensor, bc2_sqrt: torch.Tensor,
 ) -> None:
     p.mul_(1 - lr * wd)  # decoupled decay, before the moment step as torch.optim.AdamW does
-    _adam_moments(p, g, m, v, lr, beta1, beta2, eps, bc1, bc2_sqrt)
+    _adam_moments(p, g, m, v, scratch, lr, beta1, beta2, eps, bc1, bc2_sqrt)
 
 
 def _adam_moments(
-    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, lr: torch.Tensor,
-    beta1: torch.Tensor, beta2: torch.Tensor, eps: torch.Tensor, bc1: torch.Tensor,
+    p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, scratch: torch.Tensor,
+    lr: torch.Tensor, beta1: torch.Tensor, beta2: torch.Tensor, eps: torch.Tensor, bc1: torch.Tensor,
     bc2_sqrt: torch.Tensor,
 ) -> None:
     m.lerp_(g, 1 - beta1)
-    v.mul_(beta2).addcmul_(g, g * (1 - beta2))
-    denom = (v.sqrt() / bc2_sqrt).add_(eps)
-    p.sub_(m / denom * (lr / bc1))
+    v.mul_(beta2).addcmul_(g.mul_(g), 1 - beta2)  # g is spent after the first moment
+    step = torch.sqrt(v, out=scratch).div_(bc2_sqrt).add_(eps)
+    torch.div(m, step, out=step)
+    p.sub_(step.mul_(lr / bc1))
 
 
 def _sgd(
     p: torch.Tensor, g: torch.Tensor, buf: torch.Tensor, lr: torch.Tensor, wd: torch.Tensor,
     momentum: torch.Tensor, first: bool, nesterov: bool,
 ) -> None:
-    g = g + wd * p
+    g.addcmul_(p, wd)
     if first:
         buf.copy_(g)
     else:
         buf.mul_(momentum).add_(g)  # dampening is 0 in hpsearch
     if nesterov:
-        g = g + momentum * buf
+        g.addcmul_(buf, momentum)
     else:
         g = buf
-    p.sub_(lr * g)
+    p.addcmul_(g, lr, value=-1)
