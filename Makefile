@@ -49,5 +49,13 @@ lint: install
 	$(BIN)/ruff check hpsearch studies tests
 	$(BIN)/mypy hpsearch
 
+# How long one Hinton-MLP trial takes: notebook loop, single path, population, whole studies.
+# Needs Fashion-MNIST's four IDX files; on a CPU pass reduced sizes, e.g.
+# BENCH_ARGS="--device cpu --epochs 2 --train-subset 5000 --population-sizes 2,4,8 --trials 8"
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+BENCH_ARGS ?=
+bench-trainer: install
+	$(BIN)/python benchmarks/bench_trainer.py --data-dir $(FASHION_MNIST_DIR) $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache demo.db demo.log *.hpsearch-* report.html best.yaml final.json final.md

@@ -50,6 +50,7 @@ from hpsearch.runner import (
 )
 from hpsearch.status import RECENT_SECONDS, StudyStatus, study_status
 from hpsearch.storage import DEFAULT_STORAGE, open_storage
+from hpsearch.trainer import SpeedOptions
 from hpsearch.worker import BudgetState, run_worker
 
 
@@ -114,11 +115,35 @@ def studies_command() -> None:
         )
 
 
+def speed_options(func: Any) -> Any:
+    """How a worker trains, not what: these never change a trial's config or the search space."""
+    options = [
+        click.option("--population", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Ask for up to K trials at a time and train same-shape MLP trials "
+                          "together as one stacked computation (1: one trial at a time)."),
+        click.option("--compile", "compile_", is_flag=True,
+                     help="torch.compile the training step (CUDA graphs on CUDA); pays off over "
+                          "many trials."),
+        click.option("--bf16", is_flag=True,
+                     help="bfloat16 autocast for trials trained alone (results differ from "
+                          "float32, so not the default)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _speed(compile_: bool, bf16: bool) -> SpeedOptions | None:
+    return SpeedOptions(compile=compile_, bf16=bf16) if compile_ or bf16 else None
+
+
 @main.command("run")
 @study_options
+@speed_options
 def run_command(study: str, trials: int | None, timeout: float | None, storage: str, study_name: str | None,
                 dataset: str | None, data_dir: Path | None, epochs: int | None, device: str, seed: int,
-                sampler: str | None, pruner: str | None) -> None:
+                sampler: str | None, pruner: str | None, population: int, compile_: bool,
+                bf16: bool) -> None:
     """Create or resume STUDY and run trials until it holds --trials finished ones.
 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
@@ -141,7 +166,8 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
 
         try:
             report = run_worker(handle, settings, trials=budget, device=torch_device,
-                                timeout=timeout, sampler_seed=seed, on_trial=on_trial)
+                                timeout=timeout, sampler_seed=seed, on_trial=on_trial,
+                                population=population, speed=_speed(compile_, bf16))
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: finished trials are kept in {handle.url}; the running trial "
                        "is queued again. Run the same command to resume.", err=True)
@@ -172,6 +198,7 @@ def _sigterm_as_interrupt() -> None:
 
 @main.command("worker")
 @study_options
+@speed_options
 @click.option("--worker-index", type=click.IntRange(min=0), envvar="HPSEARCH_WORKER_INDEX",
               help="This worker's number (env HPSEARCH_WORKER_INDEX); seeds its sampler apart "
                    "from the others' [a random sampler seed].")
@@ -179,7 +206,8 @@ def _sigterm_as_interrupt() -> None:
 def worker_command(study: str, trials: int | None, timeout: float | None, storage: str,
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, worker_index: int | None, threads: int | None) -> None:
+                   pruner: str | None, population: int, compile_: bool, bf16: bool,
+                   worker_index: int | None, threads: int | None) -> None:
     """Join STUDY (creating it if needed) and run trials until it holds --trials finished ones.
 
     Start as many workers as you like, on one machine or many, against one storage: --trials is
@@ -207,7 +235,8 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
 
     try:
         report = run_worker(handle, settings, trials=budget, device=torch_device, timeout=timeout,
-                            sampler_seed=sampler_seed, on_trial=on_trial)
+                            sampler_seed=sampler_seed, on_trial=on_trial, population=population,
+                            speed=_speed(compile_, bf16))
     except KeyboardInterrupt:
         click.echo(f"[{name}] interrupted: its running trial is queued again", err=True)
         sys.exit(130)
@@ -218,6 +247,7 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
 
 @main.command("launch")
 @study_options
+@speed_options
 @click.option("--workers", type=click.IntRange(min=1),
               help="Worker processes [one per GPU slot, or 1 on a machine without GPUs].")
 @click.option("--gpus", help="GPU indices to use, like 0,1,2 [every visible GPU].")
@@ -226,7 +256,8 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
 def launch_command(study: str, trials: int | None, timeout: float | None, storage: str,
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, workers: int | None, gpus: str | None, per_gpu: int) -> None:
+                   pruner: str | None, population: int, compile_: bool, bf16: bool,
+                   workers: int | None, gpus: str | None, per_gpu: int) -> None:
     """Start local workers of STUDY, one per GPU (or CPU workers), and wait for them.
 
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
@@ -259,6 +290,7 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
             settings.study_name, "--dataset", settings.dataset, "--epochs", str(settings.epochs),
             "--seed", str(seed), "--sampler", settings.sampler, "--pruner", settings.pruner,
             "--device", "cuda" if gpu_list else ("cpu" if device == "auto" else device)]
+    args += ["--population", str(population)] + ["--compile"] * compile_ + ["--bf16"] * bf16
     if timeout:
         args += ["--timeout", str(timeout)]
     if data_dir:

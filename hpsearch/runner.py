@@ -17,7 +17,7 @@ import socket
 import threading
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -343,13 +343,15 @@ def retry(study: optuna.Study, failed: FrozenTrial) -> None:
 
 
 @contextlib.contextmanager
-def heartbeat(handle: StorageHandle, trial_id: int) -> Iterator[None]:
-    """Record the trial's heartbeat while it runs, so a worker that dies is noticed.
+def heartbeat(handle: StorageHandle, trial_id: int | Sequence[int]) -> Iterator[None]:
+    """Record the trial's (or trials') heartbeat while it runs, so a worker that dies is noticed.
 
     Optuna beats only inside `Study.optimize`; hpsearch drives ask/tell itself, so it keeps the
     beat with the storage's public `record_heartbeat`. A failed beat (the database restarting)
-    is logged and tried again at the next interval rather than ending the trial.
+    is logged and tried again at the next interval rather than ending the trial. One thread beats
+    for all the trials of a population, so their beats do not contend for the database.
     """
+    trial_ids = [trial_id] if isinstance(trial_id, int) else list(trial_id)
     interval = handle.heartbeat_interval
     if interval is None:
         yield
@@ -360,14 +362,15 @@ def heartbeat(handle: StorageHandle, trial_id: int) -> Iterator[None]:
 
     def beat() -> None:
         while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception as e:  # noqa: BLE001 - keep beating through transient errors
-                logger.warning("heartbeat of trial id %d failed: %s", trial_id, e)
+            for one in trial_ids:
+                try:
+                    storage.record_heartbeat(one)
+                except Exception as e:  # noqa: BLE001 - keep beating through transient errors
+                    logger.warning("heartbeat of trial id %d failed: %s", one, e)
             if stop.wait(interval):
                 return
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_ids[0]}", daemon=True)
     thread.start()
     try:
         yield

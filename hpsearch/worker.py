@@ -23,6 +23,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from hpsearch.batch_worker import train_batch
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
 from hpsearch.runner import (
@@ -39,6 +40,7 @@ from hpsearch.runner import (
     trial_outcome,
 )
 from hpsearch.storage import StorageHandle
+from hpsearch.trainer import SpeedOptions
 
 logger = logging.getLogger(__name__)
 
@@ -94,17 +96,27 @@ def run_worker(
     sampler_seed: int | None = None,
     on_trial: OnTrial | None = None,
     poll_seconds: float = 1.0,
+    population: int = 1,
+    speed: SpeedOptions | None = None,
 ) -> WorkerReport:
-    """Run trials of one study until it holds `trials` finished ones (or `timeout` passes)."""
+    """Run trials of one study until it holds `trials` finished ones (or `timeout` passes).
+
+    With `population` K > 1 the worker asks for up to K trials at once and trains those of one
+    shape as one stacked computation (`batch_worker`); the budget count and the lost-trial check
+    then happen once per batch. `speed` (compile, bf16) also goes through that path.
+    """
     if trials < 1:
         raise StudyError(f"--trials {trials}: the study needs a budget of at least 1 trial")
+    if population < 1:
+        raise StudyError(f"--population {population}: train at least 1 trial at a time")
     grid = grid_size(settings)
     if grid is not None and trials > grid:
         logger.warning("the grid has %d points; running %d trials, not %d", grid, grid, trials)
         trials = grid
     with handle.single_writer():
         return _run_worker(handle, settings, trials=trials, device=device, timeout=timeout,
-                           sampler_seed=sampler_seed, on_trial=on_trial, poll_seconds=poll_seconds)
+                           sampler_seed=sampler_seed, on_trial=on_trial, poll_seconds=poll_seconds,
+                           population=population, speed=speed)
 
 
 def _run_worker(
@@ -117,6 +129,8 @@ def _run_worker(
     sampler_seed: int | None,
     on_trial: OnTrial | None,
     poll_seconds: float,
+    population: int,
+    speed: SpeedOptions | None,
 ) -> WorkerReport:
     data = DataCache(settings.data_dir, device)
     base = settings.base_config(0)
@@ -136,27 +150,36 @@ def _run_worker(
             state = budget_state(study)
             if state.done >= trials:
                 break
-            trial = _ask(study) if state.planned < trials or state.waiting else None
-        if trial is None:
+            # Asking a queued (WAITING) trial does not add to the planned count; a new one does.
+            room = state.waiting + max(0, trials - state.planned)
+            asked = [_ask(study) for _ in range(min(population, room))]
+        if not asked:
             # The last trials are running elsewhere; wait for them, or for their workers to be
             # declared dead and their trials queued again.
             time.sleep(poll_seconds)
             continue
         try:
-            outcome = run_trial(study, trial, settings, handle=handle, device=device, data=data)
+            if population == 1 and speed is None:
+                outcomes = [run_trial(study, asked[0], settings, handle=handle, device=device,
+                                      data=data)]
+            else:
+                outcomes = train_batch(study, asked, settings, handle=handle, device=device,
+                                       data=data, speed=speed or SpeedOptions())
         except KeyboardInterrupt:
             report.stopped = "interrupted"
             raise
-        report.outcomes.append(outcome)
-        if on_trial is not None:
-            on_trial(outcome, budget_state(study))
-        errors_in_a_row = errors_in_a_row + 1 if outcome.error else 0
-        if errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
-            raise StudyError(
-                f"{errors_in_a_row} trials in a row failed with errors, the last with: "
-                f"{outcome.reason}; fix the study module or the config and run again (the "
-                "failed trials stay in the study with their reasons)"
-            )
+        state = budget_state(study)  # once per batch, not once per trial
+        for outcome in outcomes:
+            report.outcomes.append(outcome)
+            if on_trial is not None:
+                on_trial(outcome, state)
+            errors_in_a_row = errors_in_a_row + 1 if outcome.error else 0
+            if errors_in_a_row >= MAX_CONSECUTIVE_ERRORS:
+                raise StudyError(
+                    f"{errors_in_a_row} trials in a row failed with errors, the last with: "
+                    f"{outcome.reason}; fix the study module or the config and run again (the "
+                    "failed trials stay in the study with their reasons)"
+                )
     return report
 
 

@@ -291,3 +291,13 @@ def test_an_unreachable_postgresql_fails_fast_at_open_with_the_fix(monkeypatch: 
     monkeypatch.setenv("HPSEARCH_DB_RETRY_SECONDS", "1")
     with pytest.raises(StorageError, match="check that the server is running"):
         open_storage("postgresql+psycopg://postgres@127.0.0.1:1/none")
+
+
+def test_worker_trains_populations_within_the_shared_budget(cli: CliRunner, journal_url: str) -> None:
+    result = cli.invoke(main, ["worker", "quickstart", "--trials", "5", "--epochs", "2",
+                               "--population", "3", "--storage", journal_url, "--worker-index", "0"])
+    assert result.exit_code == 0, result.output
+    trials = _trials(journal_url, "quickstart")
+    assert _finished(trials) == 5 and len(trials) == 5
+    # Quickstart fixes the architecture, so each batch (3, then the 2 left) trains as one stack.
+    assert sorted(t.user_attrs["run"]["population"] for t in trials) == [2, 2, 3, 3, 3]

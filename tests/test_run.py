@@ -30,6 +30,7 @@ STUDY_ARGS = {
     "depth_width": ["--dataset", "parity-4", "--epochs", "5"],
     "optimizers": ["--dataset", "digits", "--epochs", "2"],
     "cnn_lr_wd": ["--dataset", "mnist", "--epochs", "1"],
+    "hinton_mlp": ["--dataset", "fashion-mnist", "--epochs", "1"],
 }
 
 

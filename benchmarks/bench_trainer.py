@@ -1,0 +1,269 @@
+"""How long one trial of the Hinton MLP takes, trained five ways, and what Optuna costs around it.
+
+(a) the course notebooks' loop: torchvision FashionMNIST + ToTensor + DataLoader(batch 100,
+    shuffle), `.to(device)` per batch;
+(b) hpsearch's single-trial path (`trainer.train`: data resident on the device), optionally
+    with --compile;
+(c) the population path (`population.train_population`) at several population sizes;
+(d) whole studies through hpsearch with SQLite storage: `hinton_mlp` (fixed shape) one trial
+    at a time and with --population, and `mnist_mlp` (shapes vary) likewise, with the time
+    spent in Optuna calls (ask, suggest, set_user_attr, report, should_prune, tell) per trial.
+
+It prints s/trial, validation accuracy and the ratio of each row's s/trial to (a). Reduced
+sizes for a CPU: `--device cpu --epochs 2 --train-subset 5000 --trials 8`.
+It is a script, not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import gzip
+import logging
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import torch
+from torch import nn
+
+from hpsearch.config import TrainConfig
+from hpsearch.data import RawData, Split, Splits, load_raw, make_splits, register_dataset
+from hpsearch.devices import resolve_device
+from hpsearch.models import build_model
+from hpsearch.population import train_population
+from hpsearch.registry import load_study
+from hpsearch.runner import resolve_settings
+from hpsearch.storage import open_storage
+from hpsearch.trainer import SpeedOptions, train
+from hpsearch.worker import run_worker
+
+HINTON = TrainConfig(dataset="fashion-mnist", hidden=(500, 300), optimizer="adam", lr=1e-3,
+                     batch_size=100, epochs=20)
+IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+       "t10k-labels-idx1-ubyte")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=Path("/usr/share/datasets/fashion-mnist"),
+                        help="folder with the four Fashion-MNIST IDX files (.gz or not)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--train-subset", type=int, default=0,
+                        help="train on the first N examples of the 54k split (0: all)")
+    parser.add_argument("--population-sizes", default="16,64,256")
+    parser.add_argument("--trials", type=int, default=64, help="trials per study in part (d)")
+    parser.add_argument("--compile", action="store_true", help="also time (b) with --compile")
+    parser.add_argument("--repeat", type=int, default=1, help="time (a)-(c) this often, keep the best")
+    parser.add_argument("--skip-studies", action="store_true", help="leave out part (d)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    device = resolve_device(args.device)
+    config = HINTON.replace(epochs=args.epochs)
+    sizes = [int(s) for s in args.population_sizes.split(",") if s]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        raw_root = _torchvision_layout(args.data_dir, Path(tmp))
+        splits = _subset(make_splits(load_raw("fashion-mnist", raw_root), name="fashion-mnist",
+                                     val_fraction=0.1, split_seed=0), args.train_subset)
+        print(f"device {device} ({torch.get_num_threads()} CPU threads), torch {torch.__version__}; "
+              f"{len(splits.train)} train / {len(splits.val or [])} val examples, "
+              f"{config.epochs} epochs, batch {config.batch_size}\n")
+        rows: list[tuple[str, float, float | None]] = []
+
+        def timed(label: str, run: Callable[[], tuple[float, float | None]], per: int = 1) -> None:
+            best, acc = min((run() for _ in range(args.repeat)), key=lambda r: r[0])
+            rows.append((label, best / per, acc))
+            print(f"  {label}: {best / per:.3f} s/trial", flush=True)
+
+        warm = config.replace(epochs=1)
+        train(warm, _subset(splits, 500), device=device)  # imports and allocator warm-up
+        train_population([warm, warm.replace(seed=1)], _subset(splits, 500), device=device)
+        timed("(a) notebook: DataLoader + ToTensor, .to(device) per batch",
+              lambda: _notebook(raw_root, config, device, args.train_subset))
+        timed("(b) hpsearch single trial (data resident)",
+              lambda: _single(config, splits, device, SpeedOptions()))
+        if args.compile:
+            timed("(b) hpsearch single trial, --compile",
+                  lambda: _single(config, splits, device, SpeedOptions(compile=True)))
+        for k in sizes:
+            timed(f"(c) population of {k} (stacked)", lambda k=k: _population(config, splits, device, k),
+                  per=k)
+        if not args.skip_studies:
+            _studies(args, raw_root, device, rows)
+
+    base = rows[0][1]
+    print(f"\n{'variant':<64} {'s/trial':>9} {'val acc':>8} {'vs (a)':>8}")
+    for label, seconds, acc in rows:
+        shown = f"{acc:.4f}" if acc is not None else "-"
+        print(f"{label:<64} {seconds:>9.3f} {shown:>8} {base / seconds:>7.1f}x")
+
+
+# --- (a) the notebook loop -----------------------------------------------------------------
+
+
+def _torchvision_layout(source: Path, tmp: Path) -> Path:
+    """Unpack the IDX files where torchvision looks (`root/FashionMNIST/raw/`); never downloads."""
+    raw = tmp / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in IDX:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, raw / name)
+        elif (source / f"{name}.gz").is_file():
+            with gzip.open(source / f"{name}.gz", "rb") as f, open(raw / name, "wb") as out:
+                shutil.copyfileobj(f, out)
+        else:
+            raise SystemExit(f"{name}(.gz) not found in {source}; pass --data-dir")
+    return tmp
+
+
+def _notebook(root: Path, config: TrainConfig, device: torch.device, subset: int) -> tuple[float, float]:
+    from torch.utils.data import DataLoader, Subset, random_split
+    from torchvision import datasets, transforms
+
+    torch.manual_seed(config.seed)
+    full = datasets.FashionMNIST(str(root), train=True, download=False,
+                                 transform=transforms.ToTensor())
+    train_set, val_set = random_split(full, [54000, 6000], generator=torch.Generator().manual_seed(0))
+    if subset:
+        train_set = Subset(train_set, range(min(subset, len(train_set))))
+    loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True)
+    val_loader = DataLoader(val_set, batch_size=1000)
+    model = build_model(config, (1, 28, 28), 10).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    started = time.perf_counter()
+    for _ in range(config.epochs):
+        model.train()
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            loss.item()  # the notebooks print a running loss, one host sync per step
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for x, y in val_loader:
+                correct += (model(x.to(device)).argmax(1) == y.to(device)).sum().item()
+    _sync(device)
+    return time.perf_counter() - started, correct / len(val_set)
+
+
+# --- (b), (c) hpsearch's paths ---------------------------------------------------------------
+
+
+def _subset(splits: Splits, n: int) -> Splits:
+    if not n or n >= len(splits.train):
+        return splits
+    return Splits(splits.name, Split(splits.train.x[:n], splits.train.y[:n]), splits.val, None,
+                  splits.classes)
+
+
+def _single(config: TrainConfig, splits: Splits, device: torch.device,
+            speed: SpeedOptions) -> tuple[float, float]:
+    data = splits.to(device)
+    started = time.perf_counter()
+    result = train(config, data, device=device, speed=speed)
+    _sync(device)
+    return time.perf_counter() - started, result.final.val_accuracy or 0.0
+
+
+def _population(config: TrainConfig, splits: Splits, device: torch.device, k: int) -> tuple[float, float]:
+    data = splits.to(device)
+    configs = [config.replace(seed=s) for s in range(k)]  # lr 1e-3 each, own init and data order
+    started = time.perf_counter()
+    results = train_population(configs, data, device=device)
+    _sync(device)
+    return time.perf_counter() - started, statistics.mean(r.final.val_accuracy or 0.0 for r in results)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# --- (d) whole studies with storage ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _optuna_timer() -> Iterator[dict[str, list[float]]]:
+    """Seconds spent in each Optuna call the workers make, by name."""
+    spent: dict[str, list[float]] = collections.defaultdict(list)
+    # Trial._suggest is internal: it is where every suggest_* call writes its parameter.
+    targets = [(optuna.Study, "ask"), (optuna.Trial, "_suggest"), (optuna.Trial, "set_user_attr"),
+               (optuna.Trial, "report"), (optuna.Trial, "should_prune"), (optuna.Study, "tell")]
+    originals = [(cls, name, getattr(cls, name)) for cls, name in targets]
+
+    def wrap(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+        def timed(*a: object, **kw: object) -> object:
+            started = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                spent[name].append(time.perf_counter() - started)
+        return timed
+
+    for cls, name, fn in originals:
+        setattr(cls, name, wrap(name, fn))
+    try:
+        yield spent
+    finally:
+        for cls, name, fn in originals:
+            setattr(cls, name, fn)
+
+
+def _studies(args: argparse.Namespace, raw_root: Path, device: torch.device,
+             rows: list[tuple[str, float, float | None]]) -> None:
+    dataset = "fashion-mnist"
+    if args.train_subset:
+        # The study runs on the first train-subset/0.9 official training images, so that its
+        # 90% training split has about --train-subset examples, as in (a)-(c).
+        dataset = f"fashion-mnist-first{args.train_subset}"
+        n = round(args.train_subset / 0.9)
+
+        @register_dataset(dataset)
+        def _first(data_dir: Path, download: bool) -> RawData:
+            full = load_raw("fashion-mnist", raw_root)
+            return RawData(full.train_x[:n], full.train_y[:n], full.test_x, full.test_y, full.classes)
+
+    population = max(int(s) for s in args.population_sizes.split(","))
+    print(f"\n(d) studies of {args.trials} trials on {dataset}, SQLite storage, random sampler, "
+          "no pruner")
+    with tempfile.TemporaryDirectory() as tmp:
+        for study, k in (("hinton_mlp", 1), ("hinton_mlp", population), ("mnist_mlp", 1),
+                         ("mnist_mlp", population)):
+            spec = load_study(study)
+            settings = resolve_settings(spec, study_name=f"{study}-k{k}", dataset=dataset,
+                                        epochs=args.epochs, sampler="random", pruner="none",
+                                        data_dir=raw_root)
+            handle = open_storage(f"sqlite:///{tmp}/{study}-{k}.db")
+            with _optuna_timer() as spent:
+                started = time.perf_counter()
+                if k == 1:
+                    report = run_worker(handle, settings, trials=args.trials, device=device,
+                                        sampler_seed=0)
+                else:
+                    report = run_worker(handle, settings, trials=args.trials,
+                                                   population=k, device=device, sampler_seed=0)
+                elapsed = time.perf_counter() - started
+            values = [o.value for o in report.outcomes if o.value is not None]
+            best = 1 - min(values) if values else None
+            label = f"(d) study {study}, " + ("one trial at a time" if k == 1 else f"--population {k}")
+            rows.append((label + " (acc: best)", elapsed / args.trials, best))
+            calls = ", ".join(f"{name} {1000 * sum(t) / args.trials:.1f}" for name, t in spent.items())
+            total = sum(sum(t) for t in spent.values())
+            print(f"  {label}: {elapsed / args.trials:.3f} s/trial; Optuna calls "
+                  f"{1000 * total / args.trials:.1f} ms/trial ({calls})", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""A batch of trials asked together (`worker.run_worker(population=K)`), trained by shape.
+
+Trials of a batch are grouped by `population.stackable_key`, and each group is trained as one
+stacked computation (`train_population`); a trial whose config cannot stack, or that has no
+partner of its shape, trains alone with `trainer.train`. Every trial gets the same user
+attributes and outcome names as `runner.run_trial`, and one heartbeat thread beats for all.
+
+Each trial still reports every epoch's value to its own Optuna trial and asks its pruner, so the
+dashboard's intermediate values and per-trial pruning work as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import Path
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from hpsearch.config import TrainConfig
+from hpsearch.data import DataCache
+from hpsearch.errors import HPSearchError
+from hpsearch.population import stackable_key, train_population
+from hpsearch.registry import suggest_config
+from hpsearch.runner import (
+    ATTR_CONFIG,
+    ATTR_RUN,
+    COMPLETE,
+    FAILED,
+    INTERRUPTED,
+    PRUNED,
+    RunSettings,
+    TrialOutcome,
+    _finish,
+    _first_line,
+    heartbeat,
+    retry,
+    run_record,
+)
+from hpsearch.storage import StorageHandle
+from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult, train
+
+logger = logging.getLogger(__name__)
+
+
+class _Pending:
+    """A trial asked for in this batch, on its way to being told."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.config: TrainConfig | None = None
+        self.outcome: TrialOutcome | None = None
+
+
+def train_batch(
+    study: optuna.Study,
+    trials: list[optuna.Trial],
+    settings: RunSettings,
+    *,
+    handle: StorageHandle,
+    device: torch.device,
+    data: DataCache,
+    speed: SpeedOptions,
+) -> list[TrialOutcome]:
+    """Train and tell a batch of asked trials, stacking the ones of one shape; only
+    KeyboardInterrupt propagates (every trial of the batch is then told interrupted)."""
+    batch = [_Pending(trial) for trial in trials]
+    _run_batch(study, batch, settings, handle=handle, device=device, data=data, speed=speed)
+    outcomes = [pending.outcome for pending in batch]
+    assert all(o is not None for o in outcomes)
+    return outcomes  # type: ignore[return-value]
+
+
+def _run_batch(
+    study: optuna.Study,
+    batch: list[_Pending],
+    settings: RunSettings,
+    *,
+    handle: StorageHandle,
+    device: torch.device,
+    data: DataCache,
+    speed: SpeedOptions,
+) -> None:
+    """Train and tell every trial of the batch; only KeyboardInterrupt propagates."""
+    spec = settings.spec
+    with heartbeat(handle, [pending.trial._trial_id for pending in batch]):
+        try:
+            for pending in batch:
+                _prepare(study, pending, settings, device)
+            prepared = [p for p in batch if p.outcome is None]
+            groups: dict[object, list[_Pending]] = {}
+            for pending in prepared:
+                assert pending.config is not None
+                key = None if spec.record_init_stats else stackable_key(pending.config)
+                groups.setdefault(key if key is not None else id(pending), []).append(pending)
+            for group in groups.values():
+                for pending in group:
+                    _record_run(study, pending, settings, device, len(group))
+            for group in groups.values():
+                group = [p for p in group if p.outcome is None]
+                if group:
+                    _train_group(study, group, settings, device=device, data=data,
+                                 speed=speed)
+        except KeyboardInterrupt:
+            for pending in batch:
+                if pending.outcome is None:
+                    _fail(study, pending, None, INTERRUPTED, "interrupted by the user", spec.metric)
+                    retry(study, handle.storage.get_trial(pending.trial._trial_id))
+            raise
+
+
+def _prepare(study: optuna.Study, pending: _Pending, settings: RunSettings, device: torch.device) -> None:
+    trial = pending.trial
+    try:
+        config = suggest_config(settings.spec, trial, settings.base_config(trial.number))
+        trial.set_user_attr(ATTR_CONFIG, config.to_dict())
+    except Exception as e:  # noqa: BLE001 - a bug in a study module fails its trial (logged)
+        _fail(study, pending, None, FAILED, _reason(e, [trial.number], device), settings.spec.metric)
+        return
+    pending.config = config
+
+
+def _record_run(study: optuna.Study, pending: _Pending, settings: RunSettings,
+                device: torch.device, population: int) -> None:
+    """`runner.run_record`, plus how many trials trained in the same stack (1: alone)."""
+    assert pending.config is not None
+    try:
+        record = run_record(settings, pending.config, device)
+        pending.trial.set_user_attr(ATTR_RUN, {**record, "population": population})
+    except Exception as e:  # noqa: BLE001 - the storage failing this write fails the trial (logged)
+        _fail(study, pending, None, FAILED, _reason(e, [pending.trial.number], device),
+              settings.spec.metric)
+
+
+def _reason(e: Exception, numbers: list[int], device: torch.device) -> str:
+    """The failure reason `runner.run_trial` would store for this exception."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return f"out of memory on {device}: {_first_line(e)}"
+    if isinstance(e, HPSearchError):
+        return str(e)
+    where = traceback.extract_tb(e.__traceback__)[-1]
+    logger.warning("trial(s) %s raised", numbers, exc_info=e)
+    return f"{type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
+
+
+def _train_group(
+    study: optuna.Study,
+    group: list[_Pending],
+    settings: RunSettings,
+    *,
+    device: torch.device,
+    data: DataCache,
+    speed: SpeedOptions,
+) -> None:
+    metric = settings.spec.metric
+    configs = [p.config for p in group]
+    assert all(c is not None for c in configs)
+    first = configs[0]
+    assert first is not None
+    # NopPruner's verdict is always no; skipping the call saves a read of the trial per epoch
+    # (about 0.1 ms on SQLite with Optuna's cache, measured by benchmarks/bench_trainer.py).
+    ask_pruner = not isinstance(study.pruner, optuna.pruners.NopPruner)
+
+    def report(pending: _Pending, record: EpochRecord) -> bool:
+        pending.trial.report(record.metric(metric), record.epoch)
+        return ask_pruner and pending.trial.should_prune()
+
+    try:
+        splits = data.get(first.dataset, val_fraction=first.val_fraction, split_seed=first.split_seed)
+        if len(group) > 1:
+            results = train_population(
+                configs,  # type: ignore[arg-type]
+                splits, device=device, compile=speed.compile,
+                on_epoch=lambda k, record: report(group[k], record),
+            )
+        else:
+            results = [train(first, splits, device=device, speed=speed,
+                             on_epoch=lambda record: report(group[0], record),
+                             record_init_stats=settings.spec.record_init_stats)]
+    except torch.OutOfMemoryError as e:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(group) > 1:
+            # The stack did not fit: train its members one at a time instead.
+            logger.warning("a stack of %d trials ran out of memory on %s; training them one at "
+                           "a time", len(group), device)
+            for pending in group:
+                _train_group(study, [pending], settings, device=device, data=data, speed=speed)
+            return
+        _fail_all(study, group, _reason(e, [p.trial.number for p in group], device), metric)
+        return
+    except Exception as e:  # noqa: BLE001 - as runner.run_trial: the trials fail, the study goes on
+        _fail_all(study, group, _reason(e, [p.trial.number for p in group], device), metric)
+        return
+    for pending, result in zip(group, results):
+        pending.outcome = _tell(study, pending.trial, result, metric)
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, result: TrainResult, metric: str) -> TrialOutcome:
+    """The same outcome `runner.run_trial` gives a finished training run."""
+    if result.failure is not None:
+        state, outcome, reason = TrialState.FAIL, FAILED, result.failure
+    elif result.stop_reason == "stopped":
+        state, outcome, reason = TrialState.PRUNED, PRUNED, f"pruned after epoch {len(result.history)}"
+    else:
+        state, outcome, reason = TrialState.COMPLETE, COMPLETE, None
+    return _finish(study, trial, result, state=state, outcome=outcome, reason=reason,
+                   metric=metric, error=False)
+
+
+def _fail(study: optuna.Study, pending: _Pending, result: TrainResult | None, outcome: str,
+          reason: str, metric: str) -> None:
+    pending.outcome = _finish(study, pending.trial, result, state=TrialState.FAIL, outcome=outcome,
+                              reason=reason, metric=metric, error=outcome == FAILED)
+
+
+def _fail_all(study: optuna.Study, group: list[_Pending], reason: str, metric: str) -> None:
+    for pending in group:
+        _fail(study, pending, None, FAILED, reason, metric)
+

@@ -1,0 +1,221 @@
+"""Population training: the stacked optimizer, stacked trials against single ones, the worker."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from hpsearch.cli import main
+from hpsearch.config import TrainConfig
+from hpsearch.data import Splits, load_raw, make_splits
+from hpsearch.errors import ConfigError
+from hpsearch.optim import build_optimizer
+from hpsearch.population import stackable_key, train_population
+from hpsearch.registry import load_study
+from hpsearch.runner import open_study, resolve_settings
+from hpsearch.stacked_optim import StackedOptimizer
+from hpsearch.storage import open_storage
+from hpsearch.trainer import EpochRecord, train
+from hpsearch.worker import run_worker
+
+CPU = torch.device("cpu")
+BASE = TrainConfig(dataset="digits", hidden=(32, 16), batch_size=64, epochs=3)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Splits:
+    return make_splits(load_raw("digits"), name="digits", val_fraction=0.1, split_seed=0)
+
+
+def _members(optimizer: str) -> list[TrainConfig]:
+    """Three members that differ in every per-member hyperparameter the stack supports."""
+    sgd = optimizer == "sgd"
+    return [
+        BASE.replace(optimizer=optimizer, seed=0, lr=0.05 if sgd else 1e-3),
+        BASE.replace(optimizer=optimizer, seed=1, lr=0.1 if sgd else 3e-3, weight_decay=1e-3,
+                     dropout=0.3, momentum=0.9 if sgd else 0.0, beta1=0.8),
+        BASE.replace(optimizer=optimizer, seed=2, lr=0.02 if sgd else 1e-2, l1=1e-4, dropout=0.1,
+                     schedule="step", step_size=1, gamma=0.5, beta2=0.99, init="he_normal"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["adam", "adamw", "sgd", "sgd-nesterov"])
+def test_stacked_optimizer_matches_torch_optim(kind: str) -> None:
+    torch.manual_seed(0)
+    optimizer = kind.split("-")[0]
+    configs = [
+        TrainConfig(optimizer=optimizer, lr=lr, weight_decay=wd, beta1=b1, beta2=b2,
+                    momentum=mom if optimizer == "sgd" else 0.0, nesterov=kind == "sgd-nesterov")
+        for lr, wd, b1, b2, mom in [(1e-2, 0.0, 0.9, 0.999, 0.9), (3e-3, 1e-3, 0.8, 0.99, 0.5),
+                                    (0.1, 0.05, 0.5, 0.9, 0.3)]
+    ]
+    flat = torch.randn(len(configs), 50)
+    flat_start = flat.clone()
+    reference = [torch.nn.Parameter(row.clone()) for row in flat]
+    single = [build_optimizer([p], c) for p, c in zip(reference, configs)]
+    stacked = StackedOptimizer(flat, configs)
+    for _ in range(25):
+        grad = torch.randn_like(flat)
+        stacked.step(flat, grad.clone())  # the step consumes (overwrites) its gradient
+        for p, opt, g in zip(reference, single, grad):
+            p.grad = g.clone()
+            opt.step()
+    expected = torch.stack([p.detach() for p in reference])
+    assert (expected - flat_start).abs().min() > 0  # every parameter moved
+    torch.testing.assert_close(flat, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.slow  # compiling the update takes ~30 s on two CPU cores
+def test_compiled_stacked_update_matches_the_eager_one() -> None:
+    torch.manual_seed(0)
+    configs = [TrainConfig(lr=lr, weight_decay=wd) for lr, wd in [(1e-2, 0.0), (3e-3, 1e-3)]]
+    eager_flat, compiled_flat = torch.randn(2, 40), torch.empty(2, 40)
+    compiled_flat.copy_(eager_flat)
+    eager = StackedOptimizer(eager_flat, configs)
+    compiled = StackedOptimizer(compiled_flat, configs, compile=True)
+    for _ in range(5):
+        grad = torch.randn_like(eager_flat)
+        eager.step(eager_flat, grad.clone())
+        compiled.step(compiled_flat, grad.clone())
+    torch.testing.assert_close(compiled_flat, eager_flat, rtol=1e-6, atol=1e-6)
+
+
+def test_stacked_optimizer_refuses_mixed_kinds() -> None:
+    with pytest.raises(ConfigError, match="one optimizer"):
+        StackedOptimizer(torch.zeros(2, 3), [TrainConfig(), TrainConfig(optimizer="sgd")])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_population_matches_single_trials(optimizer: str, digits: Splits) -> None:
+    configs = _members(optimizer)
+    stacked = train_population(configs, digits, device=CPU)
+    for config, result in zip(configs, stacked):
+        alone = train(config, digits, device=CPU)
+        assert result.config == config and result.stop_reason == alone.stop_reason == "epochs"
+        assert result.n_params == alone.n_params and result.best_epoch == alone.best_epoch
+        ours, theirs = result.history_dict(), alone.history_dict()
+        for name in ("train_loss", "val_loss", "val_accuracy", "val_f1", "lr"):
+            assert ours[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-6), name
+        # The member's model ends with the same weights as the single run's.
+        for p, q in zip(result.model.parameters(), alone.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert max(r.final.val_accuracy for r in stacked) > 0.5  # ten classes: chance is 0.1
+
+
+def test_early_stopping_member_keeps_its_best_epoch(digits: Splits) -> None:
+    # lr 0.5 with Adam overshoots: validation loss stops improving and patience 1 ends the run.
+    configs = [BASE.replace(epochs=6, stopping="early", patience=1, lr=lr, seed=s)
+               for s, lr in enumerate([3e-3, 0.3])]
+    for result, config in zip(train_population(configs, digits, device=CPU), configs):
+        alone = train(config, digits, device=CPU)
+        assert (result.stop_reason, result.best_epoch, len(result.history)) == (
+            alone.stop_reason, alone.best_epoch, len(alone.history))
+        assert result.final.val_loss == pytest.approx(alone.final.val_loss, rel=1e-5)
+
+
+def test_a_diverging_member_fails_alone(digits: Splits) -> None:
+    configs = [BASE.replace(optimizer="sgd", seed=i, lr=1e6 if i == 1 else 0.05) for i in range(3)]
+    results = train_population(configs, digits, device=CPU)
+    assert results[1].failure is not None and "training loss became" in results[1].failure
+    assert results[1].stop_reason == "diverged" and len(results[1].history) < 3
+    for i in (0, 2):
+        assert results[i].failure is None and len(results[i].history) == 3
+        alone = train(configs[i], digits, device=CPU)
+        assert results[i].history_dict()["val_loss"] == pytest.approx(
+            alone.history_dict()["val_loss"], rel=1e-5)
+
+
+def test_pruning_one_member_stops_only_it(digits: Splits) -> None:
+    seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+
+    def on_epoch(member: int, record: EpochRecord) -> bool:
+        seen[member].append(record.epoch)
+        return member == 1 and record.epoch == 1
+
+    results = train_population([BASE.replace(seed=s) for s in range(3)], digits, device=CPU,
+                               on_epoch=on_epoch)
+    assert seen == {0: [1, 2, 3], 1: [1], 2: [1, 2, 3]}
+    assert results[1].stop_reason == "stopped" and len(results[1].history) == 1
+    assert [r.stop_reason for r in (results[0], results[2])] == ["epochs", "epochs"]
+    assert all(math.isfinite(r.final.val_loss) for r in results)
+
+
+def test_stackable_key_groups_same_shapes_only() -> None:
+    assert stackable_key(BASE.replace(lr=0.1, dropout=0.2, seed=4)) == stackable_key(BASE)
+    assert stackable_key(BASE.replace(hidden=(32, 32))) != stackable_key(BASE)
+    for unstackable in (BASE.replace(model="lenet5"), BASE.replace(batch_norm=True),
+                        BASE.replace(optimizer="rmsprop"), BASE.replace(batch_mode="sample")):
+        assert stackable_key(unstackable) is None
+    with pytest.raises(ConfigError, match="cannot train as one stack"):
+        train_population([BASE, BASE.replace(hidden=(8,))], make_splits(
+            load_raw("iris"), name="iris", val_fraction=0.2, split_seed=0), device=CPU)
+
+
+def test_cli_population_run_finishes_exactly_the_budget(
+    cli: CliRunner, sqlite_url: str, mnist_dir: Path
+) -> None:
+    args = ["run", "hinton_mlp", "--population", "4", "--trials", "6", "--epochs", "2",
+            "--dataset", "fashion-mnist", "--data-dir", str(mnist_dir), "--storage", sqlite_url,
+            "--device", "cpu", "--pruner", "none"]
+    result = cli.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "ran 6 trials" in result.output
+    trials = optuna.load_study(study_name="hinton_mlp", storage=sqlite_url).get_trials()
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    # Asked four, then the two left in the budget; each batch trained as one stack.
+    assert sorted(t.user_attrs["run"]["population"] for t in trials) == [2, 2, 4, 4, 4, 4]
+    for trial in trials:
+        history = trial.user_attrs["history"]
+        assert len(history["val_error"]) == 2 == len(trial.intermediate_values)
+        assert trial.value == pytest.approx(history["val_error"][-1])
+        assert trial.user_attrs["config"]["seed"] == trial.number
+        assert trial.user_attrs["result"]["outcome"] == "complete"
+    assert min(t.value for t in trials) < 0.5  # ten classes: chance error is 0.9
+    # Running again with a larger budget resumes and adds exactly the difference.
+    more = cli.invoke(main, [*args[:5], "7", *args[6:]])
+    assert more.exit_code == 0 and "ran 1 trials" in more.output, more.output
+
+
+class _PruneTrialOne(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return trial.number == 1
+
+
+def test_population_worker_prunes_members_one_by_one(
+    sqlite_url: str, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("hpsearch.runner.make_pruner", lambda settings: _PruneTrialOne())
+    settings = resolve_settings(load_study("hinton_mlp"), dataset="fashion-mnist", epochs=3,
+                                data_dir=mnist_dir)
+    handle = open_storage(sqlite_url)
+    study = open_study(handle, settings)
+    report = run_worker(handle, settings, trials=3, population=3, device=CPU)
+    assert [o.outcome for o in report.outcomes] == ["complete", "pruned", "complete"]
+    trials = study.get_trials()
+    assert [len(t.intermediate_values) for t in trials] == [3, 1, 3]
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["run"]["population"] == 3
+    assert trials[1].user_attrs["result"]["reason"] == "pruned after epoch 1"
+
+
+def test_population_worker_gives_the_one_at_a_time_results(tmp_path: Path) -> None:
+    """Same sampler seed, same trials: stacking changes the speed, not the study's values."""
+    values = {}
+    for k in (1, 3):
+        settings = resolve_settings(load_study("hinton_mlp"), dataset="digits", epochs=2,
+                                    sampler="random", pruner="none", study_name=f"k{k}")
+        handle = open_storage(f"sqlite:///{tmp_path / f'k{k}.db'}")
+        if k == 1:
+            run_worker(handle, settings, trials=3, device=CPU, sampler_seed=0)
+        else:
+            run_worker(handle, settings, trials=3, population=k, device=CPU, sampler_seed=0)
+        trials = optuna.load_study(study_name=f"k{k}", storage=handle.storage).trials
+        values[k] = [(t.params, t.value) for t in trials]
+    assert [p for p, _ in values[1]] == [p for p, _ in values[3]]
+    for (_, alone), (_, stacked) in zip(values[1], values[3]):
+        assert stacked == pytest.approx(alone, abs=1.5 / 180)  # at most one of 180 val images
