@@ -43,6 +43,7 @@ from hpsearch.runner import (
     COMPLETE,
     FAILED,
     PRUNED,
+    RunSettings,
     TrialOutcome,
     load_existing_study,
     open_study,
@@ -115,6 +116,11 @@ def studies_command() -> None:
         )
 
 
+def _settings(study: str, **options: Any) -> RunSettings:
+    """The study module named on the command line, resolved against `study_options`."""
+    return resolve_settings(load_study(study), **options)
+
+
 def speed_options(func: Any) -> Any:
     """How a worker trains, not what: these never change a trial's config or the search space."""
     options = [
@@ -149,9 +155,9 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
     Ctrl-C at any time: finished trials stay, and running the same command again resumes.
     """
-    spec = load_study(study)
-    settings = resolve_settings(spec, study_name=study_name, dataset=dataset, epochs=epochs,
-                                seed=seed, sampler=sampler, pruner=pruner, data_dir=data_dir)
+    settings = _settings(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
+                         sampler=sampler, pruner=pruner, data_dir=data_dir)
+    spec = settings.spec
     torch_device = resolve_device(device)
     handle = open_storage(storage)
     budget = trials or spec.trials
@@ -217,9 +223,9 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     _sigterm_as_interrupt()
     if threads:
         torch.set_num_threads(threads)
-    spec = load_study(study)
-    settings = resolve_settings(spec, study_name=study_name, dataset=dataset, epochs=epochs,
-                                seed=seed, sampler=sampler, pruner=pruner, data_dir=data_dir)
+    settings = _settings(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
+                         sampler=sampler, pruner=pruner, data_dir=data_dir)
+    spec = settings.spec
     torch_device = resolve_device(device)
     handle = open_storage(storage)
     budget = trials or spec.trials
@@ -262,9 +268,9 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
 
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
     """
-    spec = load_study(study)
-    settings = resolve_settings(spec, study_name=study_name, dataset=dataset, epochs=epochs,
-                                seed=seed, sampler=sampler, pruner=pruner, data_dir=data_dir)
+    settings = _settings(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
+                         sampler=sampler, pruner=pruner, data_dir=data_dir)
+    spec = settings.spec
     gpu_list = _launch_gpus(gpus, device)
     plans = plan_workers(workers=workers, gpus=gpu_list, per_gpu=per_gpu,
                          cpu_count=len(os.sched_getaffinity(0)))
