@@ -192,13 +192,19 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     click.echo(f"\nnext: hpsearch best {settings.study_name}{storage_arg}")
 
 
-def _sigterm_as_interrupt() -> None:
-    """`docker stop`, Kubernetes and batch schedulers stop a worker with SIGTERM: treat it like
-    Ctrl-C, so the running trial is marked interrupted and queued again, not left RUNNING."""
+def _stop_signals_interrupt() -> None:
+    """SIGINT and SIGTERM both stop a worker (or a launcher) as Ctrl-C does: the running trial
+    is marked interrupted and queued again, not left RUNNING.
+
+    `docker stop`, Kubernetes and batch schedulers send SIGTERM. SIGINT is what `launch` sends
+    its workers; a process started in the background by a non-interactive shell inherits SIGINT
+    as ignored (and Python then keeps it ignored), so the handler is installed explicitly.
+    """
 
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, handler)
 
 
@@ -220,7 +226,7 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     the budget of the study, shared by all of them. Use PostgreSQL across machines, a journal
     file on one machine; SQLite takes a single worker.
     """
-    _sigterm_as_interrupt()
+    _stop_signals_interrupt()
     if threads:
         torch.set_num_threads(threads)
     settings = _settings(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
@@ -268,6 +274,7 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
 
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
     """
+    _stop_signals_interrupt()
     settings = _settings(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
                          sampler=sampler, pruner=pruner, data_dir=data_dir)
     spec = settings.spec
