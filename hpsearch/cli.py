@@ -299,10 +299,13 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
                       for p in plans)
     click.echo(f"launching {len(plans)} worker(s) of {settings.study_name} ({where}), budget "
                f"{budget} trials, storage {handle.url}")
-    args = [study, "--trials", str(budget), "--storage", storage, "--study-name",
-            settings.study_name, "--dataset", settings.dataset, "--epochs", str(settings.epochs),
-            "--seed", str(seed), "--sampler", settings.sampler, "--pruner", settings.pruner,
-            "--device", "cuda" if gpu_list else ("cpu" if device == "auto" else device)]
+    # The storage URL goes by environment, not argument, so a password stays out of `ps`.
+    os.environ["HPSEARCH_STORAGE"] = storage
+    args = [study, "--trials", str(budget), "--study-name", settings.study_name,
+            "--dataset", settings.dataset, "--epochs", str(settings.epochs), "--seed", str(seed),
+            "--sampler", settings.sampler, "--pruner", settings.pruner,
+            # Workers without a GPU have CUDA hidden, so `auto` finds MPS or the CPU.
+            "--device", "cuda" if gpu_list else device]
     args += ["--population", str(population)] + ["--compile"] * compile_ + ["--bf16"] * bf16
     if timeout:
         args += ["--timeout", str(timeout)]
