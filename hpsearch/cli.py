@@ -285,9 +285,7 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
     if handle.kind == "sqlite" and len(plans) > 1:
         raise StorageError(
             f"{len(plans)} workers cannot share the SQLite file {handle.url} (SQLite takes one "
-            f"writer; the rest would fail with 'database is locked'). Use a journal file on one "
-            f"machine: --storage journal:{handle.path.with_suffix('.log') if handle.path else 'hpsearch.log'}, "
-            "or PostgreSQL: --storage postgresql://USER@HOST/DB"
+            f"writer; the rest would fail with 'database is locked'). {handle.parallel_hint()}"
         )
     # Load the data once here: a missing data set is one error, and a download happens once.
     base = settings.base_config(0)

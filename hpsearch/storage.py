@@ -64,6 +64,12 @@ class StorageHandle:
     def heartbeat_interval(self) -> int | None:
         return self.rdb.heartbeat_interval if self.rdb is not None else None
 
+    def parallel_hint(self) -> str:
+        """Where to go from a SQLite file when several workers should share a study."""
+        journal = self.path.with_suffix(".log") if self.path else Path("hpsearch.log")
+        return (f"For parallel workers use a journal file (--storage journal:{journal}) on one "
+                "machine, or PostgreSQL (--storage postgresql://USER@HOST/DB) across machines")
+
     @contextlib.contextmanager
     def single_writer(self) -> Iterator[None]:
         """Refuse a second worker on one SQLite file, which would end in "database is locked".
@@ -81,9 +87,7 @@ class StorageHandle:
             except BlockingIOError as e:
                 raise StorageError(
                     f"another worker is already writing {self.url}; SQLite takes one writer at a "
-                    f"time. For parallel workers use a journal file (--storage journal:"
-                    f"{self.path.with_suffix('.log')}) on one machine, or PostgreSQL "
-                    "(--storage postgresql://USER@HOST/DB) across machines"
+                    f"time. {self.parallel_hint()}"
                 ) from e
             try:
                 yield
