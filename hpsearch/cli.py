@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
-import os
-import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -15,10 +11,18 @@ from typing import Any
 
 import click
 import optuna
-import torch
 import yaml
 
 from hpsearch import __version__
+from hpsearch.cli_options import (
+    describe,
+    settings_from,
+    speed_from,
+    speed_options,
+    storage_option,
+    study_options,
+)
+from hpsearch.cli_parallel import launch_command, status_command, worker_command
 from hpsearch.dashboard import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -27,31 +31,23 @@ from hpsearch.dashboard import (
     is_loopback,
     make_dashboard_server,
 )
-from hpsearch.data import DataCache
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
-from hpsearch.errors import DeviceError, HPSearchError, StorageError
+from hpsearch.errors import DeviceError, HPSearchError
 from hpsearch.export import export_document, load_exported, write_document
 from hpsearch.final import markdown, run_final
-from hpsearch.parallel import launch, parse_gpus, plan_workers
-from hpsearch.registry import PRUNERS, SAMPLERS, list_studies, load_study
+from hpsearch.registry import list_studies
 from hpsearch.report import write_report
 from hpsearch.rerun import rerun_trial
 from hpsearch.runner import (
     ATTR_CONFIG,
     ATTR_RESULT,
-    ATTR_RUN,
     COMPLETE,
     FAILED,
     PRUNED,
-    RunSettings,
     TrialOutcome,
     load_existing_study,
-    open_study,
-    resolve_settings,
 )
-from hpsearch.status import RECENT_SECONDS, StudyStatus, study_status
 from hpsearch.storage import DEFAULT_STORAGE, open_storage
-from hpsearch.trainer import SpeedOptions
 from hpsearch.worker import BudgetState, run_worker
 
 
@@ -75,36 +71,6 @@ def main(verbose: int) -> None:
     optuna.logging.set_verbosity(level)
 
 
-storage_option = click.option(
-    "--storage",
-    envvar="HPSEARCH_STORAGE",
-    default=DEFAULT_STORAGE,
-    show_default=True,
-    help="sqlite:///FILE.db, journal:FILE.log or postgresql://USER@HOST/DB (env HPSEARCH_STORAGE).",
-)
-
-
-def study_options(func: Any) -> Any:
-    """Options shared by `run` and `worker`: which study, on what data, on which device."""
-    options = [
-        click.argument("study"),
-        click.option("--trials", type=click.IntRange(min=1), help="Finished trials the study should hold [module's default]."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after this many seconds."),
-        storage_option,
-        click.option("--study-name", help="Name in the storage [STUDY, or STUDY-DATASET off its default data set]."),
-        click.option("--dataset", help="Data set to run on [the module's default]."),
-        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Folder holding data files (env HPSEARCH_DATA_DIR)."),
-        click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per trial [module's default]."),
-        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and each trial (seed + trial number)."),
-        click.option("--sampler", type=click.Choice(SAMPLERS), help="[module's default, usually tpe]"),
-        click.option("--pruner", type=click.Choice(PRUNERS), help="[module's default]"),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
 @main.command("studies")
 def studies_command() -> None:
     """List the built-in study modules."""
@@ -114,33 +80,6 @@ def studies_command() -> None:
             f"{'':12} data: {', '.join(spec.datasets)}; {spec.trials} trials, "
             f"{spec.sampler} sampler, {spec.pruner} pruner, metric {spec.metric}"
         )
-
-
-def _settings(study: str, **options: Any) -> RunSettings:
-    """The study module named on the command line, resolved against `study_options`."""
-    return resolve_settings(load_study(study), **options)
-
-
-def speed_options(func: Any) -> Any:
-    """How a worker trains, not what: these never change a trial's config or the search space."""
-    options = [
-        click.option("--population", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Ask for up to K trials at a time and train same-shape MLP trials "
-                          "together as one stacked computation (1: one trial at a time)."),
-        click.option("--compile", "compile_", is_flag=True,
-                     help="torch.compile the training step (CUDA graphs on CUDA); pays off over "
-                          "many trials."),
-        click.option("--bf16", is_flag=True,
-                     help="bfloat16 autocast for trials trained alone (results differ from "
-                          "float32, so not the default)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _speed(compile_: bool, bf16: bool) -> SpeedOptions | None:
-    return SpeedOptions(compile=compile_, bf16=bf16) if compile_ or bf16 else None
 
 
 @main.command("run")
@@ -155,7 +94,7 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
     Ctrl-C at any time: finished trials stay, and running the same command again resumes.
     """
-    settings = _settings(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
+    settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
                          sampler=sampler, pruner=pruner, data_dir=data_dir)
     spec = settings.spec
     torch_device = resolve_device(device)
@@ -165,7 +104,7 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
                f"epochs max) on {torch_device}, storage {handle.url}")
     started = time.monotonic()
     with click.progressbar(length=budget, label="trials", show_pos=True,
-                           item_show_func=_describe) as bar:
+                           item_show_func=describe) as bar:
         def on_trial(outcome: TrialOutcome, state: BudgetState) -> None:
             bar.current_item = outcome
             bar.update(min(state.done, budget) - bar.pos)
@@ -173,7 +112,7 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
         try:
             report = run_worker(handle, settings, trials=budget, device=torch_device,
                                 timeout=timeout, sampler_seed=seed, on_trial=on_trial,
-                                population=population, speed=_speed(compile_, bf16))
+                                population=population, speed=speed_from(compile_, bf16))
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: finished trials are kept in {handle.url}; the running trial "
                        "is queued again. Run the same command to resume.", err=True)
@@ -192,190 +131,9 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     click.echo(f"\nnext: hpsearch best {settings.study_name}{storage_arg}")
 
 
-def _stop_signals_interrupt() -> None:
-    """SIGINT and SIGTERM both stop a worker (or a launcher) as Ctrl-C does: the running trial
-    is marked interrupted and queued again, not left RUNNING.
-
-    `docker stop`, Kubernetes and batch schedulers send SIGTERM. SIGINT is what `launch` sends
-    its workers; a process started in the background by a non-interactive shell inherits SIGINT
-    as ignored (and Python then keeps it ignored), so the handler is installed explicitly.
-    """
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-@main.command("worker")
-@study_options
-@speed_options
-@click.option("--worker-index", type=click.IntRange(min=0), envvar="HPSEARCH_WORKER_INDEX",
-              help="This worker's number (env HPSEARCH_WORKER_INDEX); seeds its sampler apart "
-                   "from the others' [a random sampler seed].")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch [all cores].")
-def worker_command(study: str, trials: int | None, timeout: float | None, storage: str,
-                   study_name: str | None, dataset: str | None, data_dir: Path | None,
-                   epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, population: int, compile_: bool, bf16: bool,
-                   worker_index: int | None, threads: int | None) -> None:
-    """Join STUDY (creating it if needed) and run trials until it holds --trials finished ones.
-
-    Start as many workers as you like, on one machine or many, against one storage: --trials is
-    the budget of the study, shared by all of them. Use PostgreSQL across machines, a journal
-    file on one machine; SQLite takes a single worker.
-    """
-    _stop_signals_interrupt()
-    if threads:
-        torch.set_num_threads(threads)
-    settings = _settings(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
-                         sampler=sampler, pruner=pruner, data_dir=data_dir)
-    spec = settings.spec
-    torch_device = resolve_device(device)
-    handle = open_storage(storage)
-    budget = trials or spec.trials
-    name = f"w{worker_index}" if worker_index is not None else f"{socket.gethostname()}:{os.getpid()}"
-    # Workers with one sampler seed would draw the same startup points; spread them by index.
-    sampler_seed = seed * 10_007 + worker_index if worker_index is not None else None
-    click.echo(f"[{name}] study {settings.study_name} on {torch_device}, storage {handle.url}, "
-               f"budget {budget} trials")
-
-    def on_trial(outcome: TrialOutcome, state: BudgetState) -> None:
-        click.echo(f"[{name}] {_describe(outcome)} ({outcome.seconds:.1f} s); study: "
-                   f"{state.done}/{budget} finished, {state.running} running")
-
-    try:
-        report = run_worker(handle, settings, trials=budget, device=torch_device, timeout=timeout,
-                            sampler_seed=sampler_seed, on_trial=on_trial, population=population,
-                            speed=_speed(compile_, bf16))
-    except KeyboardInterrupt:
-        click.echo(f"[{name}] interrupted: its running trial is queued again", err=True)
-        sys.exit(130)
-    click.echo(f"[{name}] done ({report.stopped}): ran {len(report.outcomes)} trials, "
-               f"{report.count(COMPLETE)} complete, {report.count(PRUNED)} pruned, "
-               f"{report.count(FAILED)} failed")
-
-
-@main.command("launch")
-@study_options
-@speed_options
-@click.option("--workers", type=click.IntRange(min=1),
-              help="Worker processes [one per GPU slot, or 1 on a machine without GPUs].")
-@click.option("--gpus", help="GPU indices to use, like 0,1,2 [every visible GPU].")
-@click.option("--per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Workers sharing each GPU.")
-def launch_command(study: str, trials: int | None, timeout: float | None, storage: str,
-                   study_name: str | None, dataset: str | None, data_dir: Path | None,
-                   epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, population: int, compile_: bool, bf16: bool,
-                   workers: int | None, gpus: str | None, per_gpu: int) -> None:
-    """Start local workers of STUDY, one per GPU (or CPU workers), and wait for them.
-
-    Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
-    """
-    _stop_signals_interrupt()
-    settings = _settings(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
-                         sampler=sampler, pruner=pruner, data_dir=data_dir)
-    spec = settings.spec
-    gpu_list = _launch_gpus(gpus, device)
-    plans = plan_workers(workers=workers, gpus=gpu_list, per_gpu=per_gpu,
-                         cpu_count=len(os.sched_getaffinity(0)))
-    handle = open_storage(storage)
-    if handle.kind == "sqlite" and len(plans) > 1:
-        raise StorageError(
-            f"{len(plans)} workers cannot share the SQLite file {handle.url} (SQLite takes one "
-            f"writer; the rest would fail with 'database is locked'). {handle.parallel_hint()}"
-        )
-    # Load the data once here: a missing data set is one error, and a download happens once.
-    base = settings.base_config(0)
-    DataCache(settings.data_dir, torch.device("cpu")).get(
-        base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
-    study_obj = open_study(handle, settings, sampler_seed=seed)  # create it once, not K times
-    budget = trials or spec.trials
-    where = ", ".join(f"GPU {p.gpu}" if p.gpu is not None else f"CPU x{p.threads} threads"
-                      for p in plans)
-    click.echo(f"launching {len(plans)} worker(s) of {settings.study_name} ({where}), budget "
-               f"{budget} trials, storage {handle.url}")
-    # The storage URL goes by environment, not argument, so a password stays out of `ps`.
-    os.environ["HPSEARCH_STORAGE"] = storage
-    args = [study, "--trials", str(budget), "--study-name", settings.study_name,
-            "--dataset", settings.dataset, "--epochs", str(settings.epochs), "--seed", str(seed),
-            "--sampler", settings.sampler, "--pruner", settings.pruner,
-            # Workers without a GPU have CUDA hidden, so `auto` finds MPS or the CPU.
-            "--device", "cuda" if gpu_list else device]
-    args += ["--population", str(population)] + ["--compile"] * compile_ + ["--bf16"] * bf16
-    if timeout:
-        args += ["--timeout", str(timeout)]
-    if data_dir:
-        args += ["--data-dir", str(data_dir)]
-    result = launch(plans, args)
-    click.echo(f"\nworkers exited with {result.exit_codes} after {result.seconds:.1f} s"
-               + (" (interrupted)" if result.interrupted else ""))
-    _print_status(study_status(load_existing_study(handle, study_obj.study_name)))
-    if result.interrupted:
-        sys.exit(130)
-    if any(code != 0 for code in result.exit_codes):
-        sys.exit(1)
-
-
-def _launch_gpus(gpus: str | None, device: str) -> list[str]:
-    """GPU indices for `launch`, as CUDA_VISIBLE_DEVICES values of the workers."""
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if gpus is not None:
-        chosen = parse_gpus(gpus)
-    elif device in ("auto", "cuda") and torch.cuda.is_available():
-        chosen = [str(k) for k in range(torch.cuda.device_count())]
-    else:
-        if device.startswith("cuda"):
-            resolve_device(device)  # the clear error when there is no CUDA
-            raise click.BadParameter(f"{device!r}: with launch, pick GPUs with --gpus 0,1,...",
-                                     param_hint="--device")
-        return []
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
-        # Indices count within what this process may see, as torch numbers them.
-        if any(int(g) >= len(visible) for g in chosen):
-            raise click.BadParameter(f"{gpus!r}: CUDA_VISIBLE_DEVICES shows only {len(visible)} GPU(s)",
-                                     param_hint="--gpus")
-        return [visible[int(g)] for g in chosen]
-    return chosen
-
-
-@main.command("status")
-@click.argument("study_name")
-@storage_option
-def status_command(study_name: str, storage: str) -> None:
-    """Trials of STUDY_NAME by state, the best so far, and the workers seen recently."""
-    study = load_existing_study(open_storage(storage, heartbeat=None), study_name)
-    _print_status(study_status(study))
-
-
-def _print_status(status: StudyStatus) -> None:
-    order = ("complete", "pruned", "failed", "running", "waiting", "lost or interrupted")
-    counts = ", ".join(f"{status.states[k]} {k}" for k in order if status.states.get(k))
-    click.echo(f"study {status.study_name}: {counts or 'no trials yet'}")
-    if status.best is not None:
-        click.echo(f"best: trial #{status.best.number}, {status.metric} = {status.best.value:.6g}, "
-                   f"{status.best.params}")
-    now = datetime.datetime.now()
-    for t in status.running:
-        worker = t.user_attrs.get(ATTR_RUN, {}).get("worker", {})
-        age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
-        steps = len(t.intermediate_values)
-        click.echo(f"  running: trial #{t.number} on {worker.get('host')}:{worker.get('pid')}, "
-                   f"{age:.0f} s, {steps} epoch(s) reported")
-    if status.workers:
-        click.echo(f"workers seen in the last {RECENT_SECONDS / 60:.0f} min:")
-        for w in status.workers:
-            click.echo(f"  {w.worker}: {w.trials} trial(s), {w.running} running, last "
-                       f"{w.last_seen:%H:%M:%S}")
-
-
-def _describe(outcome: TrialOutcome | None) -> str:
-    if outcome is None:
-        return ""
-    value = f" {outcome.value:.4f}" if outcome.value is not None else ""
-    return f"trial {outcome.number} {outcome.outcome}{value}"
+main.add_command(worker_command)
+main.add_command(launch_command)
+main.add_command(status_command)
 
 
 @main.command("best")

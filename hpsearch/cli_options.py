@@ -1,0 +1,77 @@
+"""Options and small helpers shared by the study-running commands (`run`, `worker`, `launch`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpsearch.devices import DEVICE_HELP
+from hpsearch.registry import PRUNERS, SAMPLERS, load_study
+from hpsearch.runner import RunSettings, TrialOutcome, resolve_settings
+from hpsearch.storage import DEFAULT_STORAGE
+from hpsearch.trainer import SpeedOptions
+
+storage_option = click.option(
+    "--storage",
+    envvar="HPSEARCH_STORAGE",
+    default=DEFAULT_STORAGE,
+    show_default=True,
+    help="sqlite:///FILE.db, journal:FILE.log or postgresql://USER@HOST/DB (env HPSEARCH_STORAGE).",
+)
+
+
+def study_options(func: Any) -> Any:
+    """Options shared by `run` and `worker`: which study, on what data, on which device."""
+    options = [
+        click.argument("study"),
+        click.option("--trials", type=click.IntRange(min=1), help="Finished trials the study should hold [module's default]."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after this many seconds."),
+        storage_option,
+        click.option("--study-name", help="Name in the storage [STUDY, or STUDY-DATASET off its default data set]."),
+        click.option("--dataset", help="Data set to run on [the module's default]."),
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Folder holding data files (env HPSEARCH_DATA_DIR)."),
+        click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per trial [module's default]."),
+        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+        click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and each trial (seed + trial number)."),
+        click.option("--sampler", type=click.Choice(SAMPLERS), help="[module's default, usually tpe]"),
+        click.option("--pruner", type=click.Choice(PRUNERS), help="[module's default]"),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def settings_from(study: str, **options: Any) -> RunSettings:
+    """The study module named on the command line, resolved against `study_options`."""
+    return resolve_settings(load_study(study), **options)
+
+
+def speed_options(func: Any) -> Any:
+    """How a worker trains, not what: these never change a trial's config or the search space."""
+    options = [
+        click.option("--population", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Ask for up to K trials at a time and train same-shape MLP trials "
+                          "together as one stacked computation (1: one trial at a time)."),
+        click.option("--compile", "compile_", is_flag=True,
+                     help="torch.compile the training step (CUDA graphs on CUDA); pays off over "
+                          "many trials."),
+        click.option("--bf16", is_flag=True,
+                     help="bfloat16 autocast for trials trained alone (results differ from "
+                          "float32, so not the default)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def speed_from(compile_: bool, bf16: bool) -> SpeedOptions | None:
+    return SpeedOptions(compile=compile_, bf16=bf16) if compile_ or bf16 else None
+
+
+def describe(outcome: TrialOutcome | None) -> str:
+    if outcome is None:
+        return ""
+    value = f" {outcome.value:.4f}" if outcome.value is not None else ""
+    return f"trial {outcome.number} {outcome.outcome}{value}"

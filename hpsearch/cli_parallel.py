@@ -1,0 +1,217 @@
+"""`hpsearch worker`, `launch` and `status`: many workers on one study."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+from hpsearch.cli_options import (
+    describe,
+    settings_from,
+    speed_from,
+    speed_options,
+    storage_option,
+    study_options,
+)
+from hpsearch.data import DataCache
+from hpsearch.devices import resolve_device
+from hpsearch.errors import StorageError
+from hpsearch.parallel import launch, parse_gpus, plan_workers
+from hpsearch.runner import (
+    ATTR_RUN,
+    COMPLETE,
+    FAILED,
+    PRUNED,
+    TrialOutcome,
+    load_existing_study,
+    open_study,
+)
+from hpsearch.status import RECENT_SECONDS, StudyStatus, study_status
+from hpsearch.storage import open_storage
+from hpsearch.worker import BudgetState, run_worker
+
+
+def _stop_signals_interrupt() -> None:
+    """SIGINT and SIGTERM both stop a worker (or a launcher) as Ctrl-C does: the running trial
+    is marked interrupted and queued again, not left RUNNING.
+
+    `docker stop`, Kubernetes and batch schedulers send SIGTERM. SIGINT is what `launch` sends
+    its workers; a process started in the background by a non-interactive shell inherits SIGINT
+    as ignored (and Python then keeps it ignored), so the handler is installed explicitly.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@click.command("worker")
+@study_options
+@speed_options
+@click.option("--worker-index", type=click.IntRange(min=0), envvar="HPSEARCH_WORKER_INDEX",
+              help="This worker's number (env HPSEARCH_WORKER_INDEX); seeds its sampler apart "
+                   "from the others' [a random sampler seed].")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch [all cores].")
+def worker_command(study: str, trials: int | None, timeout: float | None, storage: str,
+                   study_name: str | None, dataset: str | None, data_dir: Path | None,
+                   epochs: int | None, device: str, seed: int, sampler: str | None,
+                   pruner: str | None, population: int, compile_: bool, bf16: bool,
+                   worker_index: int | None, threads: int | None) -> None:
+    """Join STUDY (creating it if needed) and run trials until it holds --trials finished ones.
+
+    Start as many workers as you like, on one machine or many, against one storage: --trials is
+    the budget of the study, shared by all of them. Use PostgreSQL across machines, a journal
+    file on one machine; SQLite takes a single worker.
+    """
+    _stop_signals_interrupt()
+    if threads:
+        torch.set_num_threads(threads)
+    settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
+                         sampler=sampler, pruner=pruner, data_dir=data_dir)
+    spec = settings.spec
+    torch_device = resolve_device(device)
+    handle = open_storage(storage)
+    budget = trials or spec.trials
+    name = f"w{worker_index}" if worker_index is not None else f"{socket.gethostname()}:{os.getpid()}"
+    # Workers with one sampler seed would draw the same startup points; spread them by index.
+    sampler_seed = seed * 10_007 + worker_index if worker_index is not None else None
+    click.echo(f"[{name}] study {settings.study_name} on {torch_device}, storage {handle.url}, "
+               f"budget {budget} trials")
+
+    def on_trial(outcome: TrialOutcome, state: BudgetState) -> None:
+        click.echo(f"[{name}] {describe(outcome)} ({outcome.seconds:.1f} s); study: "
+                   f"{state.done}/{budget} finished, {state.running} running")
+
+    try:
+        report = run_worker(handle, settings, trials=budget, device=torch_device, timeout=timeout,
+                            sampler_seed=sampler_seed, on_trial=on_trial, population=population,
+                            speed=speed_from(compile_, bf16))
+    except KeyboardInterrupt:
+        click.echo(f"[{name}] interrupted: its running trial is queued again", err=True)
+        sys.exit(130)
+    click.echo(f"[{name}] done ({report.stopped}): ran {len(report.outcomes)} trials, "
+               f"{report.count(COMPLETE)} complete, {report.count(PRUNED)} pruned, "
+               f"{report.count(FAILED)} failed")
+
+
+@click.command("launch")
+@study_options
+@speed_options
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Worker processes [one per GPU slot, or 1 on a machine without GPUs].")
+@click.option("--gpus", help="GPU indices to use, like 0,1,2 [every visible GPU].")
+@click.option("--per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Workers sharing each GPU.")
+def launch_command(study: str, trials: int | None, timeout: float | None, storage: str,
+                   study_name: str | None, dataset: str | None, data_dir: Path | None,
+                   epochs: int | None, device: str, seed: int, sampler: str | None,
+                   pruner: str | None, population: int, compile_: bool, bf16: bool,
+                   workers: int | None, gpus: str | None, per_gpu: int) -> None:
+    """Start local workers of STUDY, one per GPU (or CPU workers), and wait for them.
+
+    Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
+    """
+    _stop_signals_interrupt()
+    settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
+                         sampler=sampler, pruner=pruner, data_dir=data_dir)
+    spec = settings.spec
+    gpu_list = _launch_gpus(gpus, device)
+    plans = plan_workers(workers=workers, gpus=gpu_list, per_gpu=per_gpu,
+                         cpu_count=len(os.sched_getaffinity(0)))
+    handle = open_storage(storage)
+    if handle.kind == "sqlite" and len(plans) > 1:
+        raise StorageError(
+            f"{len(plans)} workers cannot share the SQLite file {handle.url} (SQLite takes one "
+            f"writer; the rest would fail with 'database is locked'). {handle.parallel_hint()}"
+        )
+    # Load the data once here: a missing data set is one error, and a download happens once.
+    base = settings.base_config(0)
+    DataCache(settings.data_dir, torch.device("cpu")).get(
+        base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
+    study_obj = open_study(handle, settings, sampler_seed=seed)  # create it once, not K times
+    budget = trials or spec.trials
+    where = ", ".join(f"GPU {p.gpu}" if p.gpu is not None else f"CPU x{p.threads} threads"
+                      for p in plans)
+    click.echo(f"launching {len(plans)} worker(s) of {settings.study_name} ({where}), budget "
+               f"{budget} trials, storage {handle.url}")
+    # The storage URL goes by environment, not argument, so a password stays out of `ps`.
+    os.environ["HPSEARCH_STORAGE"] = storage
+    args = [study, "--trials", str(budget), "--study-name", settings.study_name,
+            "--dataset", settings.dataset, "--epochs", str(settings.epochs), "--seed", str(seed),
+            "--sampler", settings.sampler, "--pruner", settings.pruner,
+            # Workers without a GPU have CUDA hidden, so `auto` finds MPS or the CPU.
+            "--device", "cuda" if gpu_list else device]
+    args += ["--population", str(population)] + ["--compile"] * compile_ + ["--bf16"] * bf16
+    if timeout:
+        args += ["--timeout", str(timeout)]
+    if data_dir:
+        args += ["--data-dir", str(data_dir)]
+    result = launch(plans, args)
+    click.echo(f"\nworkers exited with {result.exit_codes} after {result.seconds:.1f} s"
+               + (" (interrupted)" if result.interrupted else ""))
+    _print_status(study_status(load_existing_study(handle, study_obj.study_name)))
+    if result.interrupted:
+        sys.exit(130)
+    if any(code != 0 for code in result.exit_codes):
+        sys.exit(1)
+
+
+def _launch_gpus(gpus: str | None, device: str) -> list[str]:
+    """GPU indices for `launch`, as CUDA_VISIBLE_DEVICES values of the workers."""
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if gpus is not None:
+        chosen = parse_gpus(gpus)
+    elif device in ("auto", "cuda") and torch.cuda.is_available():
+        chosen = [str(k) for k in range(torch.cuda.device_count())]
+    else:
+        if device.startswith("cuda"):
+            resolve_device(device)  # the clear error when there is no CUDA
+            raise click.BadParameter(f"{device!r}: with launch, pick GPUs with --gpus 0,1,...",
+                                     param_hint="--device")
+        return []
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        # Indices count within what this process may see, as torch numbers them.
+        if any(int(g) >= len(visible) for g in chosen):
+            raise click.BadParameter(f"{gpus!r}: CUDA_VISIBLE_DEVICES shows only {len(visible)} GPU(s)",
+                                     param_hint="--gpus")
+        return [visible[int(g)] for g in chosen]
+    return chosen
+
+
+@click.command("status")
+@click.argument("study_name")
+@storage_option
+def status_command(study_name: str, storage: str) -> None:
+    """Trials of STUDY_NAME by state, the best so far, and the workers seen recently."""
+    study = load_existing_study(open_storage(storage, heartbeat=None), study_name)
+    _print_status(study_status(study))
+
+
+def _print_status(status: StudyStatus) -> None:
+    order = ("complete", "pruned", "failed", "running", "waiting", "lost or interrupted")
+    counts = ", ".join(f"{status.states[k]} {k}" for k in order if status.states.get(k))
+    click.echo(f"study {status.study_name}: {counts or 'no trials yet'}")
+    if status.best is not None:
+        click.echo(f"best: trial #{status.best.number}, {status.metric} = {status.best.value:.6g}, "
+                   f"{status.best.params}")
+    now = datetime.datetime.now()
+    for t in status.running:
+        worker = t.user_attrs.get(ATTR_RUN, {}).get("worker", {})
+        age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+        steps = len(t.intermediate_values)
+        click.echo(f"  running: trial #{t.number} on {worker.get('host')}:{worker.get('pid')}, "
+                   f"{age:.0f} s, {steps} epoch(s) reported")
+    if status.workers:
+        click.echo(f"workers seen in the last {RECENT_SECONDS / 60:.0f} min:")
+        for w in status.workers:
+            click.echo(f"  {w.worker}: {w.trials} trial(s), {w.running} running, last "
+                       f"{w.last_seen:%H:%M:%S}")
