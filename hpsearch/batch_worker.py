@@ -12,8 +12,6 @@ dashboard's intermediate values and per-trial pruning work as before.
 from __future__ import annotations
 
 import logging
-import traceback
-from pathlib import Path
 
 import optuna
 import torch
@@ -21,7 +19,6 @@ from optuna.trial import TrialState
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache
-from hpsearch.errors import HPSearchError
 from hpsearch.population import stackable_key, train_population
 from hpsearch.registry import suggest_config
 from hpsearch.runner import (
@@ -34,7 +31,7 @@ from hpsearch.runner import (
     RunSettings,
     TrialOutcome,
     _finish,
-    _first_line,
+    error_reason,
     heartbeat,
     retry,
     run_record,
@@ -117,7 +114,7 @@ def _prepare(study: optuna.Study, pending: _Pending, settings: RunSettings, devi
         config = suggest_config(settings.spec, trial, settings.base_config(trial.number))
         trial.set_user_attr(ATTR_CONFIG, config.to_dict())
     except Exception as e:  # noqa: BLE001 - a bug in a study module fails its trial (logged)
-        _fail(study, pending, None, FAILED, _reason(e, [trial.number], device), settings.spec.metric)
+        _fail(study, pending, None, FAILED, error_reason(e, [trial.number], device), settings.spec.metric)
         return
     pending.config = config
 
@@ -130,19 +127,8 @@ def _record_run(study: optuna.Study, pending: _Pending, settings: RunSettings,
         record = run_record(settings, pending.config, device)
         pending.trial.set_user_attr(ATTR_RUN, {**record, "population": population})
     except Exception as e:  # noqa: BLE001 - the storage failing this write fails the trial (logged)
-        _fail(study, pending, None, FAILED, _reason(e, [pending.trial.number], device),
+        _fail(study, pending, None, FAILED, error_reason(e, [pending.trial.number], device),
               settings.spec.metric)
-
-
-def _reason(e: Exception, numbers: list[int], device: torch.device) -> str:
-    """The failure reason `runner.run_trial` would store for this exception."""
-    if isinstance(e, torch.OutOfMemoryError):
-        return f"out of memory on {device}: {_first_line(e)}"
-    if isinstance(e, HPSearchError):
-        return str(e)
-    where = traceback.extract_tb(e.__traceback__)[-1]
-    logger.warning("trial(s) %s raised", numbers, exc_info=e)
-    return f"{type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
 
 
 def _train_group(
@@ -189,10 +175,10 @@ def _train_group(
             for pending in group:
                 _train_group(study, [pending], settings, device=device, data=data, speed=speed)
             return
-        _fail_all(study, group, _reason(e, [p.trial.number for p in group], device), metric)
+        _fail_all(study, group, error_reason(e, [p.trial.number for p in group], device), metric)
         return
     except Exception as e:  # noqa: BLE001 - as runner.run_trial: the trials fail, the study goes on
-        _fail_all(study, group, _reason(e, [p.trial.number for p in group], device), metric)
+        _fail_all(study, group, error_reason(e, [p.trial.number for p in group], device), metric)
         return
     for pending, result in zip(group, results):
         pending.outcome = _tell(study, pending.trial, result, metric)

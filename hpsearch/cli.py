@@ -16,7 +16,7 @@ import yaml
 from hpsearch import __version__
 from hpsearch.cli_options import (
     describe,
-    settings_from,
+    prepare_run,
     speed_from,
     speed_options,
     storage_option,
@@ -94,12 +94,11 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
     Ctrl-C at any time: finished trials stay, and running the same command again resumes.
     """
-    settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
-                         sampler=sampler, pruner=pruner, data_dir=data_dir)
+    settings, torch_device, handle, budget = prepare_run(
+        study, storage=storage, device=device, trials=trials, study_name=study_name,
+        dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
+        data_dir=data_dir)
     spec = settings.spec
-    torch_device = resolve_device(device)
-    handle = open_storage(storage)
-    budget = trials or spec.trials
     click.echo(f"study {settings.study_name} ({spec.name} on {settings.dataset}, {settings.epochs} "
                f"epochs max) on {torch_device}, storage {handle.url}")
     started = time.monotonic()

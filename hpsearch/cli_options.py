@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 
-from hpsearch.devices import DEVICE_HELP
+from hpsearch.devices import DEVICE_HELP, resolve_device
 from hpsearch.registry import PRUNERS, SAMPLERS, load_study
 from hpsearch.runner import RunSettings, TrialOutcome, resolve_settings
-from hpsearch.storage import DEFAULT_STORAGE
+from hpsearch.storage import DEFAULT_STORAGE, StorageHandle, open_storage
 from hpsearch.trainer import SpeedOptions
 
 storage_option = click.option(
@@ -46,6 +47,14 @@ def study_options(func: Any) -> Any:
 def settings_from(study: str, **options: Any) -> RunSettings:
     """The study module named on the command line, resolved against `study_options`."""
     return resolve_settings(load_study(study), **options)
+
+
+def prepare_run(
+    study: str, *, storage: str, device: str, trials: int | None, **options: Any
+) -> tuple[RunSettings, torch.device, StorageHandle, int]:
+    """What `run` and `worker` resolve before training: settings, device, storage and budget."""
+    settings = settings_from(study, **options)
+    return settings, resolve_device(device), open_storage(storage), trials or settings.spec.trials
 
 
 def speed_options(func: Any) -> Any:

@@ -14,6 +14,7 @@ import torch
 
 from hpsearch.cli_options import (
     describe,
+    prepare_run,
     settings_from,
     speed_from,
     speed_options,
@@ -75,12 +76,10 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     _stop_signals_interrupt()
     if threads:
         torch.set_num_threads(threads)
-    settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
-                         sampler=sampler, pruner=pruner, data_dir=data_dir)
-    spec = settings.spec
-    torch_device = resolve_device(device)
-    handle = open_storage(storage)
-    budget = trials or spec.trials
+    settings, torch_device, handle, budget = prepare_run(
+        study, storage=storage, device=device, trials=trials, study_name=study_name,
+        dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
+        data_dir=data_dir)
     name = f"w{worker_index}" if worker_index is not None else f"{socket.gethostname()}:{os.getpid()}"
     # Workers with one sampler seed would draw the same startup points; spread them by index.
     sampler_seed = seed * 10_007 + worker_index if worker_index is not None else None

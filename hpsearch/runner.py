@@ -254,20 +254,27 @@ def run_trial(
     except torch.OutOfMemoryError as e:
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return finish(TrialState.FAIL, FAILED, f"out of memory on {device}: {_first_line(e)}", True)
-    except HPSearchError as e:
-        return finish(TrialState.FAIL, FAILED, str(e), True)
-    except Exception as e:
-        where = traceback.extract_tb(e.__traceback__)[-1]
-        logger.warning("trial %d raised", trial.number, exc_info=True)
-        reason = f"{type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
-        return finish(TrialState.FAIL, FAILED, reason, True)
+        return finish(TrialState.FAIL, FAILED, error_reason(e, [trial.number], device), True)
+    except Exception as e:  # noqa: BLE001 - the trial fails alone; error_reason logs the traceback
+        return finish(TrialState.FAIL, FAILED, error_reason(e, [trial.number], device), True)
 
     if result.failure is not None:
         return finish(TrialState.FAIL, FAILED, result.failure)
     if result.stop_reason == "stopped":
         return finish(TrialState.PRUNED, PRUNED, f"pruned after epoch {len(result.history)}")
     return finish(TrialState.COMPLETE, COMPLETE, None)
+
+
+def error_reason(e: Exception, numbers: list[int], device: torch.device) -> str:
+    """The stored reason of trials that failed by an exception: out of memory, a bad config
+    (hpsearch's own errors, which say what to fix), or a bug, with where it was raised."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return f"out of memory on {device}: {_first_line(e)}"
+    if isinstance(e, HPSearchError):
+        return str(e)
+    where = traceback.extract_tb(e.__traceback__)[-1]
+    logger.warning("trial(s) %s raised", numbers, exc_info=e)
+    return f"{type(e).__name__}: {e} (at {Path(where.filename).name}:{where.lineno})"
 
 
 def _first_line(e: BaseException) -> str:
