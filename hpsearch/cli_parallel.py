@@ -169,6 +169,10 @@ def _launch_gpus(gpus: str | None, device: str) -> list[str]:
     visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     if gpus is not None:
         chosen = parse_gpus(gpus)
+        if not torch.cuda.is_available():  # say it once here, not once per worker
+            raise click.BadParameter(f"{gpus!r}: this machine has no CUDA GPU (torch "
+                                     f"{torch.__version__}); leave out --gpus to run CPU workers",
+                                     param_hint="--gpus")
     elif device in ("auto", "cuda") and torch.cuda.is_available():
         chosen = [str(k) for k in range(torch.cuda.device_count())]
     else:

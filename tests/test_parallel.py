@@ -306,3 +306,11 @@ def test_worker_trains_populations_within_the_shared_budget(cli: CliRunner, jour
     assert _finished(trials) == 5 and len(trials) == 5
     # Quickstart fixes the architecture, so each batch (3, then the 2 left) trains as one stack.
     assert sorted(t.user_attrs["run"]["population"] for t in trials) == [2, 2, 3, 3, 3]
+
+
+def test_launch_on_gpus_without_cuda_fails_once_with_the_reason(cli: CliRunner, journal_url: str) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = cli.invoke(main, ["launch", "quickstart", "--gpus", "0,1", "--storage", journal_url])
+    assert result.exit_code == 2 and "no CUDA GPU" in result.output and "--gpus" in result.output
+    assert "launching" not in result.output  # no worker was started
