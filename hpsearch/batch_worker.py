@@ -24,10 +24,8 @@ from hpsearch.registry import suggest_config
 from hpsearch.runner import (
     ATTR_CONFIG,
     ATTR_RUN,
-    COMPLETE,
     FAILED,
     INTERRUPTED,
-    PRUNED,
     RunSettings,
     TrialOutcome,
     _finish,
@@ -35,6 +33,7 @@ from hpsearch.runner import (
     heartbeat,
     retry,
     run_record,
+    tell_result,
 )
 from hpsearch.storage import StorageHandle
 from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult, train
@@ -181,19 +180,7 @@ def _train_group(
         _fail_all(study, group, error_reason(e, [p.trial.number for p in group], device), metric)
         return
     for pending, result in zip(group, results):
-        pending.outcome = _tell(study, pending.trial, result, metric)
-
-
-def _tell(study: optuna.Study, trial: optuna.Trial, result: TrainResult, metric: str) -> TrialOutcome:
-    """The same outcome `runner.run_trial` gives a finished training run."""
-    if result.failure is not None:
-        state, outcome, reason = TrialState.FAIL, FAILED, result.failure
-    elif result.stop_reason == "stopped":
-        state, outcome, reason = TrialState.PRUNED, PRUNED, f"pruned after epoch {len(result.history)}"
-    else:
-        state, outcome, reason = TrialState.COMPLETE, COMPLETE, None
-    return _finish(study, trial, result, state=state, outcome=outcome, reason=reason,
-                   metric=metric, error=False)
+        pending.outcome = tell_result(study, pending.trial, result, metric=metric)
 
 
 def _fail(study: optuna.Study, pending: _Pending, result: TrainResult | None, outcome: str,

@@ -258,11 +258,22 @@ def run_trial(
     except Exception as e:  # noqa: BLE001 - the trial fails alone; error_reason logs the traceback
         return finish(TrialState.FAIL, FAILED, error_reason(e, [trial.number], device), True)
 
+    return tell_result(study, trial, result, metric=spec.metric)
+
+
+def tell_result(
+    study: optuna.Study, trial: optuna.Trial, result: TrainResult, *, metric: str
+) -> TrialOutcome:
+    """Tell the outcome of a training run that ended by itself: failed (diverged), pruned or
+    complete; shared by single and stacked trials."""
     if result.failure is not None:
-        return finish(TrialState.FAIL, FAILED, result.failure)
-    if result.stop_reason == "stopped":
-        return finish(TrialState.PRUNED, PRUNED, f"pruned after epoch {len(result.history)}")
-    return finish(TrialState.COMPLETE, COMPLETE, None)
+        state, outcome, reason = TrialState.FAIL, FAILED, result.failure
+    elif result.stop_reason == "stopped":
+        state, outcome, reason = TrialState.PRUNED, PRUNED, f"pruned after epoch {len(result.history)}"
+    else:
+        state, outcome, reason = TrialState.COMPLETE, COMPLETE, None
+    return _finish(study, trial, result, state=state, outcome=outcome, reason=reason,
+                   metric=metric, error=False)
 
 
 def error_reason(e: Exception, numbers: list[int], device: torch.device) -> str:
