@@ -248,12 +248,8 @@ def _studies(args: argparse.Namespace, raw_root: Path, device: torch.device,
             handle = open_storage(f"sqlite:///{tmp}/{study}-{k}.db")
             with _optuna_timer() as spent:
                 started = time.perf_counter()
-                if k == 1:
-                    report = run_worker(handle, settings, trials=args.trials, device=device,
-                                        sampler_seed=0)
-                else:
-                    report = run_worker(handle, settings, trials=args.trials,
-                                                   population=k, device=device, sampler_seed=0)
+                report = run_worker(handle, settings, trials=args.trials, population=k,
+                                    device=device, sampler_seed=0)
                 elapsed = time.perf_counter() - started
             values = [o.value for o in report.outcomes if o.value is not None]
             best = 1 - min(values) if values else None

@@ -210,10 +210,7 @@ def test_population_worker_gives_the_one_at_a_time_results(tmp_path: Path) -> No
         settings = resolve_settings(load_study("hinton_mlp"), dataset="digits", epochs=2,
                                     sampler="random", pruner="none", study_name=f"k{k}")
         handle = open_storage(f"sqlite:///{tmp_path / f'k{k}.db'}")
-        if k == 1:
-            run_worker(handle, settings, trials=3, device=CPU, sampler_seed=0)
-        else:
-            run_worker(handle, settings, trials=3, population=k, device=CPU, sampler_seed=0)
+        run_worker(handle, settings, trials=3, population=k, device=CPU, sampler_seed=0)
         trials = optuna.load_study(study_name=f"k{k}", storage=handle.storage).trials
         values[k] = [(t.params, t.value) for t in trials]
     assert [p for p, _ in values[1]] == [p for p, _ in values[3]]
