@@ -33,6 +33,7 @@ from hpsearch.runner import (
     heartbeat,
     retry,
     run_record,
+    set_attr,
     tell_result,
 )
 from hpsearch.storage import StorageHandle
@@ -111,7 +112,7 @@ def _prepare(study: optuna.Study, pending: _Pending, settings: RunSettings, devi
     trial = pending.trial
     try:
         config = suggest_config(settings.spec, trial, settings.base_config(trial.number))
-        trial.set_user_attr(ATTR_CONFIG, config.to_dict())
+        set_attr(trial, ATTR_CONFIG, config.to_dict())
     except Exception as e:  # noqa: BLE001 - a bug in a study module fails its trial (logged)
         _fail(study, pending, None, FAILED, error_reason(e, [trial.number], device), settings.spec.metric)
         return
@@ -124,7 +125,7 @@ def _record_run(study: optuna.Study, pending: _Pending, settings: RunSettings,
     assert pending.config is not None
     try:
         record = run_record(settings, pending.config, device)
-        pending.trial.set_user_attr(ATTR_RUN, {**record, "population": population})
+        set_attr(pending.trial, ATTR_RUN, {**record, "population": population})
     except Exception as e:  # noqa: BLE001 - the storage failing this write fails the trial (logged)
         _fail(study, pending, None, FAILED, error_reason(e, [pending.trial.number], device),
               settings.spec.metric)

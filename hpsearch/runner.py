@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import platform
 import socket
@@ -42,6 +43,29 @@ ATTR_RUN = "run"  # seed, device, worker, package versions, study module and its
 ATTR_RESULT = "result"  # outcome, reason, stop reason, best epoch, seconds, parameter count
 ATTR_HISTORY = "history"  # per-epoch train/val loss, accuracy, error, F1, lr, seconds
 ATTR_INIT_STATS = "init_stats"
+
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, +-inf) as None.
+
+    Python's json writes them as bare `NaN` and `Infinity`, which is not JSON: PostgreSQL's
+    jsonb, JavaScript's JSON.parse and other strict readers reject the whole attribute. A
+    diverged trial's history holds them (the epoch whose loss overflowed).
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
+
+def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
+    """Every trial user attribute hpsearch writes goes through here, as strict JSON."""
+    trial.set_user_attr(key, finite_json(value))
+
 
 # Outcomes; a failed trial counts toward the study's budget, an interrupted or lost one does not
 # (it is queued again with the same parameters).
@@ -230,8 +254,8 @@ def run_trial(
     try:
         with heartbeat(handle, trial._trial_id):
             config = suggest_config(spec, trial, settings.base_config(trial.number))
-            trial.set_user_attr(ATTR_CONFIG, config.to_dict())
-            trial.set_user_attr(ATTR_RUN, run_record(settings, config, device))
+            set_attr(trial, ATTR_CONFIG, config.to_dict())
+            set_attr(trial, ATTR_RUN, run_record(settings, config, device))
             splits = data.get(
                 config.dataset, val_fraction=config.val_fraction, split_seed=config.split_seed
             )
@@ -328,12 +352,12 @@ def _finish(
             seconds=round(result.seconds, 3),
             n_params=result.n_params,
         )
-        trial.set_user_attr(ATTR_HISTORY, result.history_dict())
+        set_attr(trial, ATTR_HISTORY, result.history_dict())
         if result.init_stats is not None:
-            trial.set_user_attr(ATTR_INIT_STATS, result.init_stats)
+            set_attr(trial, ATTR_INIT_STATS, result.init_stats)
         if state == TrialState.COMPLETE:
             value = result.final.metric(metric)
-    trial.set_user_attr(ATTR_RESULT, summary)
+    set_attr(trial, ATTR_RESULT, summary)
     try:
         study.tell(trial, value, state=state)
     except RuntimeError as e:
