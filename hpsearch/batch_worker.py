@@ -93,8 +93,10 @@ def _run_batch(
                 key = None if spec.record_init_stats else stackable_key(pending.config)
                 groups.setdefault(key if key is not None else id(pending), []).append(pending)
             for group in groups.values():
+                # A stack trains in float32 (bf16 autocast is for trials trained alone).
+                used = speed if len(group) == 1 else SpeedOptions(compile=speed.compile)
                 for pending in group:
-                    _record_run(study, pending, settings, device, len(group))
+                    _record_run(study, pending, settings, device, speed=used, population=len(group))
             for group in groups.values():
                 group = [p for p in group if p.outcome is None]
                 if group:
@@ -120,12 +122,12 @@ def _prepare(study: optuna.Study, pending: _Pending, settings: RunSettings, devi
 
 
 def _record_run(study: optuna.Study, pending: _Pending, settings: RunSettings,
-                device: torch.device, population: int) -> None:
-    """`runner.run_record`, plus how many trials trained in the same stack (1: alone)."""
+                device: torch.device, *, speed: SpeedOptions, population: int) -> None:
+    """`runner.run_record`, with the speed options used and the size of the trial's stack."""
     assert pending.config is not None
     try:
-        record = run_record(settings, pending.config, device)
-        set_attr(pending.trial, ATTR_RUN, {**record, "population": population})
+        record = run_record(settings, pending.config, device, speed=speed, population=population)
+        set_attr(pending.trial, ATTR_RUN, record)
     except Exception as e:  # noqa: BLE001 - the storage failing this write fails the trial (logged)
         _fail(study, pending, None, FAILED, error_reason(e, [pending.trial.number], device),
               settings.spec.metric)

@@ -88,7 +88,7 @@ def studies_command() -> None:
 def run_command(study: str, trials: int | None, timeout: float | None, storage: str, study_name: str | None,
                 dataset: str | None, data_dir: Path | None, epochs: int | None, device: str, seed: int,
                 sampler: str | None, pruner: str | None, population: int, compile_: bool,
-                bf16: bool) -> None:
+                bf16: bool, allow_mixed_precision: bool) -> None:
     """Create or resume STUDY and run trials until it holds --trials finished ones.
 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
@@ -111,12 +111,15 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
         try:
             report = run_worker(handle, settings, trials=budget, device=torch_device,
                                 timeout=timeout, sampler_seed=seed, on_trial=on_trial,
-                                population=population, speed=speed_from(compile_, bf16))
+                                population=population, speed=speed_from(compile_, bf16),
+                                allow_mixed_precision=allow_mixed_precision)
         except KeyboardInterrupt:
             click.echo(f"\ninterrupted: finished trials are kept in {handle.url}; the running trial "
                        "is queued again. Run the same command to resume.", err=True)
             sys.exit(130)
     elapsed = time.monotonic() - started
+    if report.precision_note:
+        click.echo(f"note: {report.precision_note}")
     if report.already_done:
         click.echo(f"resumed: {report.already_done} trials were already finished")
     click.echo(f"ran {len(report.outcomes)} trials in {elapsed:.1f} s: {report.count(COMPLETE)} complete, "
@@ -289,11 +292,15 @@ def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
         torch_device = resolve_device(device)
     rerun = rerun_trial(study, trial, device=torch_device, data_dir=data_dir)
     stored = rerun.stored_run
+    stored_precision = "bf16" if (stored.get("speed") or {}).get("bf16") else "float32"
     click.echo(f"trial {trial} of {study_name} ({rerun.stored_result.get('outcome', '?')}), seed "
                f"{rerun.config.seed}, {rerun.config.dataset}; stored on "
-               f"{stored.get('device_name', '?')}, rerun on {device_name(torch_device)}")
+               f"{stored.get('device_name', '?')} in {stored_precision}, rerun on "
+               f"{device_name(torch_device)} in {rerun.speed.precision}")
     for package, (before, now) in rerun.version_changes.items():
         click.echo(f"  note: {package} was {before}, is now {now}")
+    for note in rerun.notes:
+        click.echo(f"  note: {note}")
     click.echo(f"{'epoch':>5}  {'stored ' + rerun.metric:>18}  {'rerun ' + rerun.metric:>18}")
     for epoch, new in enumerate(rerun.history, start=1):
         old = rerun.stored_history[epoch - 1] if epoch <= len(rerun.stored_history) else None

@@ -69,6 +69,9 @@ def speed_options(func: Any) -> Any:
         click.option("--bf16", is_flag=True,
                      help="bfloat16 autocast for trials trained alone (results differ from "
                           "float32, so not the default)."),
+        click.option("--allow-mixed-precision", is_flag=True,
+                     help="Let bf16 and float32 trials share one study (refused otherwise: its "
+                          "comparisons assume one precision)."),
     ]
     for option in reversed(options):
         func = option(func)

@@ -36,7 +36,8 @@ from hpsearch.runner import (
 )
 from hpsearch.status import RECENT_SECONDS, StudyStatus, study_status
 from hpsearch.storage import open_storage
-from hpsearch.worker import BudgetState, run_worker
+from hpsearch.trainer import SpeedOptions
+from hpsearch.worker import BudgetState, check_precision, run_worker
 
 
 def _stop_signals_interrupt() -> None:
@@ -66,7 +67,8 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
                    pruner: str | None, population: int, compile_: bool, bf16: bool,
-                   worker_index: int | None, threads: int | None) -> None:
+                   allow_mixed_precision: bool, worker_index: int | None,
+                   threads: int | None) -> None:
     """Join STUDY (creating it if needed) and run trials until it holds --trials finished ones.
 
     Start as many workers as you like, on one machine or many, against one storage: --trials is
@@ -93,10 +95,13 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     try:
         report = run_worker(handle, settings, trials=budget, device=torch_device, timeout=timeout,
                             sampler_seed=sampler_seed, on_trial=on_trial, population=population,
-                            speed=speed_from(compile_, bf16))
+                            speed=speed_from(compile_, bf16),
+                            allow_mixed_precision=allow_mixed_precision)
     except KeyboardInterrupt:
         click.echo(f"[{name}] interrupted: its running trial is queued again", err=True)
         sys.exit(130)
+    if report.precision_note:
+        click.echo(f"[{name}] note: {report.precision_note}")
     click.echo(f"[{name}] done ({report.stopped}): ran {len(report.outcomes)} trials, "
                f"{report.count(COMPLETE)} complete, {report.count(PRUNED)} pruned, "
                f"{report.count(FAILED)} failed")
@@ -114,7 +119,8 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
                    pruner: str | None, population: int, compile_: bool, bf16: bool,
-                   workers: int | None, gpus: str | None, per_gpu: int) -> None:
+                   allow_mixed_precision: bool, workers: int | None, gpus: str | None,
+                   per_gpu: int) -> None:
     """Start local workers of STUDY, one per GPU (or CPU workers), and wait for them.
 
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
@@ -137,6 +143,9 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
     DataCache(settings.data_dir, torch.device("cpu")).get(
         base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
     study_obj = open_study(handle, settings, sampler_seed=seed)  # create it once, not K times
+    # Refuse a precision the study does not keep here, once, not in each worker.
+    check_precision(study_obj, speed_from(compile_, bf16) or SpeedOptions(),
+                    allow_mixed=allow_mixed_precision)
     budget = trials or spec.trials
     where = ", ".join(f"GPU {p.gpu}" if p.gpu is not None else f"CPU x{p.threads} threads"
                       for p in plans)
@@ -150,6 +159,7 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
             # Workers without a GPU have CUDA hidden, so `auto` finds MPS or the CPU.
             "--device", "cuda" if gpu_list else device]
     args += ["--population", str(population)] + ["--compile"] * compile_ + ["--bf16"] * bf16
+    args += ["--allow-mixed-precision"] * allow_mixed_precision
     if timeout:
         args += ["--timeout", str(timeout)]
     if data_dir:

@@ -4,6 +4,10 @@ The stored config is complete (the study module already resolved it), so no stud
 sampler are involved: this checks that the trial is reproducible from what it recorded. On the
 CPU with the same package versions the values match exactly; across devices or versions they
 differ by floating-point reordering, which the comparison makes visible.
+
+The trial's recorded speed options are repeated: a bf16 trial is trained in bf16 again. What
+cannot be repeated is said in `Rerun.notes`: a compiled step is run eagerly off CUDA, and a
+trial of a stack is trained alone.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
 from hpsearch.runner import ATTR_CONFIG, ATTR_HISTORY, ATTR_RESULT, ATTR_RUN, package_versions
-from hpsearch.trainer import TrainResult, train
+from hpsearch.trainer import SpeedOptions, TrainResult, train
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +38,8 @@ class Rerun:
     stored_run: dict[str, Any]
     stored_result: dict[str, Any]  # outcome, stop reason, best epoch... as stored
     version_changes: dict[str, tuple[str, str]]  # package: (stored, now)
+    speed: SpeedOptions  # what the rerun trained with
+    notes: list[str]  # how the rerun differs from how the trial ran, and why
 
     @property
     def history(self) -> list[float]:
@@ -60,7 +66,9 @@ def rerun_trial(
     *,
     device: torch.device,
     data_dir: Path | None = None,
+    speed: SpeedOptions | None = None,
 ) -> Rerun:
+    """Train trial `number` again; with `speed` None, as the trial's run record says it ran."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     if number not in trials:
         known = f"0 to {max(trials)}" if trials else "none"
@@ -79,8 +87,11 @@ def rerun_trial(
     splits = DataCache(data_dir, device).get(
         config.dataset, val_fraction=config.val_fraction, split_seed=config.split_seed
     )
+    notes: list[str] = []
+    if speed is None:
+        speed, notes = _recorded_speed(run, device)
     # No pruner here: a pruned trial runs all its epochs, and the stored epochs are compared.
-    result = train(config, splits, device=device)
+    result = train(config, splits, device=device, speed=speed)
     now = package_versions()
     changes = {k: (str(v), now[k]) for k, v in run.get("versions", {}).items()
                if k in now and str(v) != now[k]}
@@ -94,5 +105,29 @@ def rerun_trial(
         stored_run=run,
         stored_result=dict(trial.user_attrs.get(ATTR_RESULT) or {}),
         version_changes=changes,
+        speed=speed,
+        notes=notes,
     )
+
+
+def _recorded_speed(run: dict[str, Any], device: torch.device) -> tuple[SpeedOptions, list[str]]:
+    """The speed options the trial ran with, less what this device cannot repeat, with why."""
+    stored = run.get("speed") or {}
+    bf16, compile_ = bool(stored.get("bf16")), bool(stored.get("compile"))
+    notes = []
+    if bf16 and not torch.amp.is_autocast_available(device.type):
+        bf16 = False
+        notes.append(f"the trial ran in bf16; {device.type} has no bfloat16 autocast, so the rerun "
+                     "trains in float32 and its values will differ")
+    if compile_ and device.type != "cuda":
+        compile_ = False
+        notes.append(f"the trial ran with --compile; rerun trains eagerly on {device} (compiling "
+                     "off CUDA needs a C++ toolchain and tens of seconds); a compiled step matches "
+                     "the eager one up to floating-point reordering")
+    population = int(run.get("population") or 1)
+    if population > 1:
+        notes.append(f"the trial trained in a stack of {population} trials; rerun trains it alone "
+                     "(same seed, data order and dropout masks; the stack's batched matrix "
+                     "products can round differently)")
+    return SpeedOptions(compile=compile_, bf16=bf16), notes
 

@@ -33,7 +33,7 @@ from hpsearch.devices import device_name
 from hpsearch.errors import HPSearchError, StudyError
 from hpsearch.registry import StudySpec, suggest_config
 from hpsearch.storage import MAX_RETRIES, StorageHandle
-from hpsearch.trainer import EpochRecord, TrainResult, train
+from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -316,9 +316,19 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def run_record(settings: RunSettings, config: TrainConfig, device: torch.device) -> dict[str, Any]:
-    """What re-runs a trial besides its config."""
+def run_record(
+    settings: RunSettings,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    speed: SpeedOptions | None = None,
+    population: int = 1,
+) -> dict[str, Any]:
+    """What re-runs a trial besides its config: with `speed`, the options the trial actually
+    trained with, and `population`, how many trials trained in its stack (1: alone)."""
     return {
+        "speed": (speed or SpeedOptions()).to_dict(),
+        "population": population,
         "seed": config.seed,
         "dataset": config.dataset,
         "split": {"val_fraction": config.val_fraction, "split_seed": config.split_seed},

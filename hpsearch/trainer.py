@@ -126,6 +126,14 @@ class SpeedOptions:
     compile: bool = False
     bf16: bool = False
 
+    @property
+    def precision(self) -> str:
+        """The numeric setting a study keeps to one value: "bf16" or "float32"."""
+        return "bf16" if self.bf16 else "float32"
+
+    def to_dict(self) -> dict[str, bool]:
+        return {"compile": self.compile, "bf16": self.bf16}
+
     def autocast(self, device: torch.device) -> contextlib.AbstractContextManager[object]:
         if not self.bf16:
             return contextlib.nullcontext()

@@ -45,6 +45,7 @@ from hpsearch.trainer import SpeedOptions
 logger = logging.getLogger(__name__)
 
 MAX_CONSECUTIVE_ERRORS = 5
+ATTR_PRECISION = "precision"  # study attribute: "bf16" or "float32", set by its first worker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +79,7 @@ class WorkerReport:
     outcomes: list[TrialOutcome] = dataclasses.field(default_factory=list)
     stopped: str = "budget"  # "budget", "timeout" or "interrupted"
     already_done: int = 0
+    precision_note: str | None = None  # set when this worker mixes precisions on purpose
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
@@ -98,17 +100,25 @@ def run_worker(
     poll_seconds: float = 1.0,
     population: int = 1,
     speed: SpeedOptions | None = None,
+    allow_mixed_precision: bool = False,
 ) -> WorkerReport:
     """Run trials of one study until it holds `trials` finished ones (or `timeout` passes).
 
     With `population` K > 1 the worker asks for up to K trials at once and trains those of one
     shape as one stacked computation (`batch_worker`); the budget count and the lost-trial check
-    then happen once per batch. `speed` (compile, bf16) also goes through that path.
+    then happen once per batch. `speed` (compile, bf16) also goes through that path. A study
+    keeps one precision (`check_precision`) unless `allow_mixed_precision`.
     """
     if trials < 1:
         raise StudyError(f"--trials {trials}: the study needs a budget of at least 1 trial")
     if population < 1:
         raise StudyError(f"--population {population}: train at least 1 trial at a time")
+    if speed is not None and speed.bf16 and population > 1 and not allow_mixed_precision:
+        raise StudyError(
+            f"--bf16 with --population {population}: bf16 autocast applies to trials trained "
+            "alone, and stacked trials train in float32, so the study would mix both precisions; "
+            "drop one of the two options (or pass --allow-mixed-precision)"
+        )
     grid = grid_size(settings)
     if grid is not None and trials > grid:
         logger.warning("the grid has %d points; running %d trials, not %d", grid, grid, trials)
@@ -116,7 +126,8 @@ def run_worker(
     with handle.single_writer():
         return _run_worker(handle, settings, trials=trials, device=device, timeout=timeout,
                            sampler_seed=sampler_seed, on_trial=on_trial, poll_seconds=poll_seconds,
-                           population=population, speed=speed)
+                           population=population, speed=speed,
+                           allow_mixed_precision=allow_mixed_precision)
 
 
 def _run_worker(
@@ -131,13 +142,16 @@ def _run_worker(
     poll_seconds: float,
     population: int,
     speed: SpeedOptions | None,
+    allow_mixed_precision: bool,
 ) -> WorkerReport:
     data = DataCache(settings.data_dir, device)
     base = settings.base_config(0)
     # Load the data before creating any trial: a missing data set is one error, not N failures.
     data.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
     study = open_study(handle, settings, sampler_seed=sampler_seed)
-    report = WorkerReport(settings.study_name, trials, already_done=budget_state(study).done)
+    mixed = check_precision(study, speed or SpeedOptions(), allow_mixed=allow_mixed_precision)
+    report = WorkerReport(settings.study_name, trials, already_done=budget_state(study).done,
+                          precision_note=mixed)
     deadline = time.monotonic() + timeout if timeout else None
     errors_in_a_row = 0
 
@@ -181,6 +195,41 @@ def _run_worker(
                     "failed trials stay in the study with their reasons)"
                 )
     return report
+
+
+def check_precision(study: optuna.Study, speed: SpeedOptions, *, allow_mixed: bool) -> str | None:
+    """Refuse to add trials of another precision (bf16, float32) to a study, unless allowed;
+    return a note when they are mixed on purpose.
+
+    A study's comparisons (the sampler's model, the pruner's medians, the best trial) assume one
+    numeric setting. Its precision is the study attribute `precision`, written by the first
+    worker; a study from before that attribute is read from its trials' run records.
+    """
+    wanted = speed.precision
+    stored = study.user_attrs.get(ATTR_PRECISION)
+    if stored is None:
+        runs = [t.user_attrs.get(ATTR_RUN) for t in study.get_trials(deepcopy=False)]
+        used = {"bf16" if (run.get("speed") or {}).get("bf16") else "float32"
+                for run in runs if isinstance(run, dict)}
+        if len(used) > 1:
+            stored = "mixed"
+        elif used:
+            stored = used.pop()
+        else:
+            study.set_user_attr(ATTR_PRECISION, wanted)
+            return None
+    if stored == wanted:
+        return None
+    if allow_mixed:
+        note = f"mixing {wanted} trials into a {stored} study (--allow-mixed-precision)"
+        logger.warning(note)
+        return note
+    raise StudyError(
+        f"study {study.study_name!r} trains in {stored} and this run asks for {wanted} "
+        f"({'--bf16' if speed.bf16 else 'no --bf16'}); its comparisons assume one precision. Run "
+        f"it {'with' if stored == 'bf16' else 'without'} --bf16, start a new study with "
+        "--study-name NAME, or pass --allow-mixed-precision to mix them"
+    )
 
 
 def _ask(study: optuna.Study) -> optuna.Trial:
