@@ -163,38 +163,53 @@ def grid_size(settings: RunSettings) -> int | None:
 def open_study(
     handle: StorageHandle, settings: RunSettings, *, sampler_seed: int | None = None
 ) -> optuna.Study:
-    """Create the study, or load it and check that it is the same question on the same data."""
-    try:
-        study = optuna.create_study(
-            storage=handle.storage,
-            study_name=settings.study_name,
-            direction=settings.spec.direction,
-            sampler=make_sampler(settings, seed=sampler_seed),
-            pruner=make_pruner(settings),
-            load_if_exists=True,
-        )
-    except ValueError as e:  # an existing study with another direction
-        raise StudyError(
-            f"study {settings.study_name!r} in {handle.url} cannot be resumed: {e}; choose "
-            "another --study-name"
-        ) from e
+    """Create the study, or load it and check that it is the same question on the same data.
+
+    Creation and the study's settings (user attributes, written one at a time by Optuna) happen
+    under the study lock, so workers started together create one study and each sees all of its
+    settings; a study whose creator died midway is completed by the next worker.
+    """
+    with handle.lock(settings.study_name):
+        try:
+            study = optuna.create_study(
+                storage=handle.storage,
+                study_name=settings.study_name,
+                direction=settings.spec.direction,
+                sampler=make_sampler(settings, seed=sampler_seed),
+                pruner=make_pruner(settings),
+                load_if_exists=True,
+            )
+        except ValueError as e:  # an existing study with another direction
+            raise StudyError(
+                f"study {settings.study_name!r} in {handle.url} cannot be resumed: {e}; choose "
+                "another --study-name"
+            ) from e
+        _settle_study_attrs(study, handle, settings)
+    return study
+
+
+def _settle_study_attrs(study: optuna.Study, handle: StorageHandle, settings: RunSettings) -> None:
+    expected = study_attrs(settings)
     attrs = study.user_attrs
-    if not attrs:
+    for key in ("study_module", "dataset"):
+        if key in attrs and attrs[key] != expected[key]:
+            raise StudyError(
+                f"study {settings.study_name!r} in {handle.url} was created with {key}="
+                f"{attrs[key]!r}, not {expected[key]!r}; resume it with the same {key} or start a "
+                "new one with --study-name NAME"
+            )
+    missing = {key: value for key, value in expected.items() if key not in attrs}
+    if not missing:
+        return
+    if attrs:
+        logger.warning("study %r lacks the settings %s (its creator stopped midway); completing "
+                       "them from this run", settings.study_name, ", ".join(missing))
+    if not study.metric_names:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([settings.spec.metric])  # the dashboard's label for the value
-        for key, value in study_attrs(settings).items():
-            study.set_user_attr(key, value)
-        return study
-    for key in ("study_module", "dataset"):
-        expected = study_attrs(settings)[key]
-        if attrs.get(key) != expected:
-            raise StudyError(
-                f"study {settings.study_name!r} in {handle.url} was created with {key}="
-                f"{attrs.get(key)!r}, not {expected!r}; resume it with the same {key} or start a "
-                "new one with --study-name NAME"
-            )
-    return study
+    for key, value in missing.items():
+        study.set_user_attr(key, value)
 
 
 def study_attrs(settings: RunSettings) -> dict[str, Any]:

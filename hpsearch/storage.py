@@ -226,7 +226,10 @@ def _open_rdb(
     deadline = time.monotonic() + OPEN_RETRY_SECONDS
     while True:
         try:
-            return _rdb_storage(url, engine_kwargs, heartbeat)
+            if not postgres:
+                return _rdb_storage(url, engine_kwargs, heartbeat)
+            with _schema_lock(url):
+                return _rdb_storage(url, engine_kwargs, heartbeat)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
             text = str(e.__cause__ or e).lower()
             if not postgres or not any(m in text for m in _SERVER_WENT_AWAY):
@@ -235,6 +238,32 @@ def _open_rdb(
                 raise
             logger.warning("PostgreSQL went away while opening the storage; retrying")
             time.sleep(1.0)
+
+
+# Any fixed key will do: advisory locks live in their database, and hpsearch's other key (the
+# study lock) is a hash of a study name.
+_SCHEMA_LOCK_KEY = int.from_bytes(hashlib.sha256(b"hpsearch: Optuna schema").digest()[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """Hold a PostgreSQL advisory lock while Optuna creates or checks its tables.
+
+    Optuna's `RDBStorage` runs `CREATE TABLE` for a fresh database in every process that opens
+    it; workers started together then collide in the catalog (a duplicate key on `pg_type`,
+    "relation studies already exists") and all but one die. Serialised, the first creates the
+    tables and the others find them. The server frees the lock if its holder dies.
+    """
+    # Its own unpooled connection, outside a transaction: closing it ends the session, which
+    # releases the lock.
+    engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool,
+                                      isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+            yield
+    finally:
+        engine.dispose()
 
 
 def _rdb_storage(url: str, engine_kwargs: dict[str, object], heartbeat: int | None) -> optuna.storages.RDBStorage:
