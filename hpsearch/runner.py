@@ -72,6 +72,10 @@ def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
 COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST = "complete", "pruned", "failed", "interrupted", "lost"
 
 
+# Optuna's `studies.study_name` column is VARCHAR(512); SQLite does not enforce it, PostgreSQL does.
+MAX_STUDY_NAME_POSTGRESQL = 512
+
+
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
     """What a `run` or `worker` command asked for, resolved against the study module."""
@@ -169,6 +173,12 @@ def open_study(
     under the study lock, so workers started together create one study and each sees all of its
     settings; a study whose creator died midway is completed by the next worker.
     """
+    if handle.kind == "postgresql" and len(settings.study_name) > MAX_STUDY_NAME_POSTGRESQL:
+        raise StudyError(
+            f"study name {settings.study_name[:40]!r}... is {len(settings.study_name)} characters; "
+            f"PostgreSQL storage keeps at most {MAX_STUDY_NAME_POSTGRESQL} (Optuna's column); "
+            "choose a shorter --study-name"
+        )
     with handle.lock(settings.study_name):
         try:
             study = optuna.create_study(

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -162,7 +163,12 @@ def open_storage(url: str | None, *, heartbeat: int | None | str = "default") ->
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError as e:
-        raise StorageError(f"cannot parse storage URL {url!r}; use one of: {STORAGE_FORMS}") from e
+        raise StorageError(f"cannot parse storage URL {_mask(url)!r}; use one of: {STORAGE_FORMS}") from e
+    except ValueError as e:  # SQLAlchemy reads the port with int()
+        raise StorageError(
+            f"storage URL {_mask(url)!r}: the port is not a number ({e}); use "
+            "postgresql://USER@HOST:PORT/DB with a numeric PORT, or leave :PORT out for 5432"
+        ) from e
     shown = parsed.render_as_string(hide_password=True)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
@@ -178,6 +184,13 @@ def open_storage(url: str | None, *, heartbeat: int | None | str = "default") ->
         engine_kwargs: dict[str, object] = {"connect_args": {"timeout": 60}}
         kind = "sqlite"
     elif backend == "postgresql":
+        if not parsed.database:
+            # libpq would fall back to a database named after the OS user and create Optuna's
+            # tables in it.
+            raise StorageError(
+                f"storage {shown!r} names no database; give one: postgresql://USER@HOST:PORT/DB "
+                "(create it first, e.g. `createdb DB`)"
+            )
         if parsed.get_driver_name() in ("psycopg2", "") and "+" not in parsed.drivername:
             parsed = parsed.set(drivername="postgresql+psycopg")  # psycopg 3 ships with hpsearch
         # pre_ping replaces connections the server dropped (a restart, an idle timeout).
@@ -218,6 +231,11 @@ def open_storage(url: str | None, *, heartbeat: int | None | str = "default") ->
 _SERVER_WENT_AWAY = ("terminating connection", "server closed the connection", "connection reset",
                      "the database system is starting up", "the database system is shutting down")
 OPEN_RETRY_SECONDS = 30.0
+
+
+def _mask(url: str) -> str:
+    """`url` with its password hidden, for a URL SQLAlchemy could not parse."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _open_rdb(
