@@ -4,7 +4,8 @@ A loader returns the *official* train and test sets as CPU tensors (`RawData`). 
 turns them into the splits a run needs: during a search, train and validation carved from the
 official training set (the test set is not even loaded into the result); for the final
 evaluation, the whole official training set and the official test set. Standardisation is
-fitted on the training split only.
+fitted on the training split only. `make_folds` gives the k splits of a cross-validated search,
+each standardised on its own training part.
 """
 
 from __future__ import annotations
@@ -131,6 +132,53 @@ def make_splits(
     else:
         train, val = _split_off_validation(raw, val_fraction, split_seed)
         test = None
+    return _standardised(name, raw.classes, train, val, test, final=final)
+
+
+# Cross-validation is for sets where one validation split is too small to rank trials: under
+# this many official training examples (iris 120, digits 1,437), a study's `CV = k` applies.
+CV_MAX_TRAIN = 2000
+
+
+def make_folds(raw: RawData, *, name: str, k: int, split_seed: int) -> list[Splits]:
+    """The k search splits of stratified k-fold cross-validation of the official training set.
+
+    Every training example is in exactly one fold's validation part; each fold is standardised
+    on its own training part, so no fold's validation data leaks into its scaling.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    check_folds(raw, name=name, k=k)
+    folder = StratifiedKFold(n_splits=k, shuffle=True, random_state=split_seed)
+    folds = []
+    for train_idx, val_idx in folder.split(np.zeros(len(raw.train_y)), raw.train_y.numpy()):
+        train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+        train = Split(raw.train_x[train_idx], raw.train_y[train_idx])
+        val = Split(raw.train_x[val_idx], raw.train_y[val_idx])
+        folds.append(_standardised(name, raw.classes, train, val, None, final=False))
+    return folds
+
+
+def check_folds(raw: RawData, *, name: str, k: int) -> None:
+    """Refuse k-fold cross-validation that cannot be stratified or does not apply."""
+    if raw.memorise:
+        raise DataError(
+            f"data set {name!r} is memorised (train = validation = test), so cross-validation "
+            "does not apply; run it with --cv 0"
+        )
+    n, smallest = int(raw.train_y.shape[0]), int(torch.bincount(raw.train_y).min())
+    if not 2 <= k <= smallest:
+        raise DataError(
+            f"{k}-fold cross-validation of {name!r}: its {n} training examples have {smallest} "
+            f"in the smallest class, so stratified folds need k from 2 to {smallest}; pass "
+            f"--cv K in that range, or --cv 0 for one validation split"
+        )
+
+
+def _standardised(
+    name: str, classes: tuple[str, ...], train: Split, val: Split | None, test: Split | None, *,
+    final: bool,
+) -> Splits:
     mean, std = _standardisation(train.x)
 
     def scale(split: Split | None) -> Split | None:
@@ -145,7 +193,7 @@ def make_splits(
         train=scaled_train,
         val=None if final else scale(val),
         test=scale(test) if final else None,
-        classes=raw.classes,
+        classes=classes,
     )
 
 
@@ -156,6 +204,7 @@ class DataCache:
         self.data_dir = data_dir
         self.device = device
         self._splits: dict[tuple[str, float, int, bool], Splits] = {}
+        self._folds: dict[tuple[str, int, int], list[Splits]] = {}
 
     def get(self, name: str, *, val_fraction: float, split_seed: int, final: bool = False) -> Splits:
         key = (name, val_fraction, split_seed, final)
@@ -167,6 +216,15 @@ class DataCache:
             self._splits[key] = splits.to(self.device)
             logger.info("loaded %s (%d train examples) onto %s", name, len(splits.train), self.device)
         return self._splits[key]
+
+    def folds(self, name: str, *, k: int, split_seed: int) -> list[Splits]:
+        """The k cross-validation splits (`make_folds`), made and moved once per worker."""
+        key = (name, k, split_seed)
+        if key not in self._folds:
+            folds = make_folds(load_raw(name, self.data_dir), name=name, k=k, split_seed=split_seed)
+            self._folds[key] = [fold.to(self.device) for fold in folds]
+            logger.info("made %d folds of %s onto %s", k, name, self.device)
+        return self._folds[key]
 
 
 def _split_off_validation(raw: RawData, val_fraction: float, split_seed: int) -> tuple[Split, Split]:
