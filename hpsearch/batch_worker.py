@@ -1,9 +1,10 @@
 """A batch of trials asked together (`worker.run_worker(population=K)`), trained by shape.
 
 Trials of a batch are grouped by `population.stackable_key`, and each group is trained as one
-stacked computation (`train_population`); a trial whose config cannot stack, or that has no
-partner of its shape, trains alone with `trainer.train`. Every trial gets the same user
-attributes and outcome names as `runner.run_trial`, and one heartbeat thread beats for all.
+stacked computation (`train_population`); a trial whose config cannot stack, that has no
+partner of its shape, or that is cross-validated, trains alone with `runner.train_trial`, as
+`runner.run_trial` trains. Every trial gets the same user attributes and outcome names as
+`runner.run_trial`, and one heartbeat thread beats for all.
 
 Each trial still reports every epoch's value to its own Optuna trial and asks its pruner, so the
 dashboard's intermediate values and per-trial pruning work as before.
@@ -18,6 +19,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch.config import TrainConfig
+from hpsearch.crossval import CrossValResult
 from hpsearch.data import DataCache
 from hpsearch.population import stackable_key, train_population
 from hpsearch.registry import suggest_config
@@ -35,9 +37,10 @@ from hpsearch.runner import (
     run_record,
     set_attr,
     tell_result,
+    train_trial,
 )
 from hpsearch.storage import StorageHandle
-from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult, train
+from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,9 @@ def _run_batch(
             groups: dict[object, list[_Pending]] = {}
             for pending in prepared:
                 assert pending.config is not None
-                key = None if spec.record_init_stats else stackable_key(pending.config)
+                # Cross-validated trials train fold after fold, each alone.
+                stacks = not (spec.record_init_stats or settings.cv)
+                key = stackable_key(pending.config) if stacks else None
                 groups.setdefault(key if key is not None else id(pending), []).append(pending)
             for group in groups.values():
                 # A stack trains in float32 (bf16 autocast is for trials trained alone).
@@ -156,17 +161,17 @@ def _train_group(
         return ask_pruner and pending.trial.should_prune()
 
     try:
-        splits = data.get(first.dataset, val_fraction=first.val_fraction, split_seed=first.split_seed)
         if len(group) > 1:
-            results = train_population(
+            splits = data.get(first.dataset, val_fraction=first.val_fraction,
+                              split_seed=first.split_seed)
+            results: list[TrainResult | CrossValResult] = list(train_population(
                 configs,  # type: ignore[arg-type]
                 splits, device=device, compile=speed.compile,
                 on_epoch=lambda k, record: report(group[k], record),
-            )
+            ))
         else:
-            results = [train(first, splits, device=device, speed=speed,
-                             on_epoch=lambda record: report(group[0], record),
-                             record_init_stats=settings.spec.record_init_stats)]
+            results = [train_trial(group[0].trial, first, settings, device=device, data=data,
+                                   speed=speed)]
     except torch.OutOfMemoryError as e:
         if device.type == "cuda":
             torch.cuda.empty_cache()

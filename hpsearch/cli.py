@@ -23,6 +23,7 @@ from hpsearch.cli_options import (
     study_options,
 )
 from hpsearch.cli_parallel import launch_command, status_command, worker_command
+from hpsearch.crossval import CrossValResult
 from hpsearch.dashboard import (
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -87,8 +88,8 @@ def studies_command() -> None:
 @speed_options
 def run_command(study: str, trials: int | None, timeout: float | None, storage: str, study_name: str | None,
                 dataset: str | None, data_dir: Path | None, epochs: int | None, device: str, seed: int,
-                sampler: str | None, pruner: str | None, population: int, compile_: bool,
-                bf16: bool, allow_mixed_precision: bool) -> None:
+                sampler: str | None, pruner: str | None, cv: int | None, population: int,
+                compile_: bool, bf16: bool, allow_mixed_precision: bool) -> None:
     """Create or resume STUDY and run trials until it holds --trials finished ones.
 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
@@ -97,10 +98,11 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     settings, torch_device, handle, budget = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
         dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
-        data_dir=data_dir)
+        data_dir=data_dir, cv=cv)
     spec = settings.spec
+    folds = f", {settings.cv}-fold cross-validation" if settings.cv else ""
     click.echo(f"study {settings.study_name} ({spec.name} on {settings.dataset}, {settings.epochs} "
-               f"epochs max) on {torch_device}, storage {handle.url}")
+               f"epochs max{folds}) on {torch_device}, storage {handle.url}")
     started = time.monotonic()
     with click.progressbar(length=budget, label="trials", show_pos=True,
                            item_show_func=describe) as bar:
@@ -301,11 +303,20 @@ def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
         click.echo(f"  note: {package} was {before}, is now {now}")
     for note in rerun.notes:
         click.echo(f"  note: {note}")
-    click.echo(f"{'epoch':>5}  {'stored ' + rerun.metric:>18}  {'rerun ' + rerun.metric:>18}")
-    for epoch, new in enumerate(rerun.history, start=1):
-        old = rerun.stored_history[epoch - 1] if epoch <= len(rerun.stored_history) else None
-        shown = f"{old:.6f}" if old is not None else "-"
-        click.echo(f"{epoch:>5}  {shown:>18}  {new:>18.6f}")
+    if isinstance(rerun.result, CrossValResult):
+        # One row per fold: its value at the epoch it kept; the epochs are compared below.
+        stored_values = (rerun.stored_cv or {}).get("values", [])
+        click.echo(f"{'fold':>5}  {'stored ' + rerun.metric:>18}  {'rerun ' + rerun.metric:>18}")
+        for fold, new in enumerate(rerun.result.values, start=1):
+            old = stored_values[fold - 1] if fold <= len(stored_values) else None
+            shown = f"{old:.6f}" if old is not None else "-"
+            click.echo(f"{fold:>5}  {shown:>18}  {new:>18.6f}")
+    else:
+        click.echo(f"{'epoch':>5}  {'stored ' + rerun.metric:>18}  {'rerun ' + rerun.metric:>18}")
+        for epoch, new in enumerate(rerun.history, start=1):
+            old = rerun.stored_history[epoch - 1] if epoch <= len(rerun.stored_history) else None
+            shown = f"{old:.6f}" if old is not None else "-"
+            click.echo(f"{epoch:>5}  {shown:>18}  {new:>18.6f}")
     value = rerun.value
     if rerun.stored_value is None or value is None:
         click.echo(f"{rerun.metric}: stored {rerun.stored_value}, rerun {value} "

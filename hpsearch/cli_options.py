@@ -38,6 +38,10 @@ def study_options(func: Any) -> Any:
         click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and each trial (seed + trial number)."),
         click.option("--sampler", type=click.Choice(SAMPLERS), help="[module's default, usually tpe]"),
         click.option("--pruner", type=click.Choice(PRUNERS), help="[module's default]"),
+        click.option("--cv", type=click.IntRange(min=0),
+                     help="Score each trial by its mean validation value over K stratified folds "
+                          "(K trainings per trial; 0 or 1: one validation split) [module's CV, "
+                          "on data sets under 2,000 training examples]."),
     ]
     for option in reversed(options):
         func = option(func)

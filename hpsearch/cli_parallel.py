@@ -66,8 +66,8 @@ def _stop_signals_interrupt() -> None:
 def worker_command(study: str, trials: int | None, timeout: float | None, storage: str,
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, population: int, compile_: bool, bf16: bool,
-                   allow_mixed_precision: bool, worker_index: int | None,
+                   pruner: str | None, cv: int | None, population: int, compile_: bool,
+                   bf16: bool, allow_mixed_precision: bool, worker_index: int | None,
                    threads: int | None) -> None:
     """Join STUDY (creating it if needed) and run trials until it holds --trials finished ones.
 
@@ -81,7 +81,7 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     settings, torch_device, handle, budget = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
         dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
-        data_dir=data_dir)
+        data_dir=data_dir, cv=cv)
     name = f"w{worker_index}" if worker_index is not None else f"{socket.gethostname()}:{os.getpid()}"
     # Workers with one sampler seed would draw the same startup points; spread them by index.
     sampler_seed = seed * 10_007 + worker_index if worker_index is not None else None
@@ -118,16 +118,16 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
 def launch_command(study: str, trials: int | None, timeout: float | None, storage: str,
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, population: int, compile_: bool, bf16: bool,
-                   allow_mixed_precision: bool, workers: int | None, gpus: str | None,
-                   per_gpu: int) -> None:
+                   pruner: str | None, cv: int | None, population: int, compile_: bool,
+                   bf16: bool, allow_mixed_precision: bool, workers: int | None,
+                   gpus: str | None, per_gpu: int) -> None:
     """Start local workers of STUDY, one per GPU (or CPU workers), and wait for them.
 
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
     """
     _stop_signals_interrupt()
     settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
-                         sampler=sampler, pruner=pruner, data_dir=data_dir)
+                         sampler=sampler, pruner=pruner, data_dir=data_dir, cv=cv)
     spec = settings.spec
     gpu_list = _launch_gpus(gpus, device)
     plans = plan_workers(workers=workers, gpus=gpu_list, per_gpu=per_gpu,
@@ -155,7 +155,7 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
     os.environ["HPSEARCH_STORAGE"] = storage
     args = [study, "--trials", str(budget), "--study-name", settings.study_name,
             "--dataset", settings.dataset, "--epochs", str(settings.epochs), "--seed", str(seed),
-            "--sampler", settings.sampler, "--pruner", settings.pruner,
+            "--sampler", settings.sampler, "--pruner", settings.pruner, "--cv", str(settings.cv),
             # Workers without a GPU have CUDA hidden, so `auto` finds MPS or the CPU.
             "--device", "cuda" if gpu_list else device]
     args += ["--population", str(population)] + ["--compile"] * compile_ + ["--bf16"] * bf16

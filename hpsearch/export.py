@@ -112,6 +112,8 @@ def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[
             "stop_reason": result.get("stop_reason"),
             "seconds": result.get("seconds"),
             "device_name": run.get("device_name"),
+            # k > 0: value is the mean over k folds and best_epoch the folds' mean best epoch.
+            "cv_folds": run.get("split", {}).get("cv_folds", 0),
         },
         "versions": run.get("versions", {}),
         "config": config.to_dict(),

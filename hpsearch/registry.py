@@ -6,7 +6,8 @@ A study module is a small Python file (see `studies/`) with:
   fields replaced (`base` carries the run's data set, epochs and seed);
 - optionally `BASE` (a `TrainConfig` with the fixed parts), `DATASETS` (accepted by `--dataset`,
   first is the default), `METRIC`, `TRIALS`, `PRUNER`, `SAMPLER`, `GRID` (the search space as
-  lists, for `SAMPLER = "grid"`) and `RECORD_INIT_STATS`.
+  lists, for `SAMPLER = "grid"`), `RECORD_INIT_STATS` and `CV` (k of k-fold cross-validation
+  on small data sets, 0 for one validation split; see `runner.resolve_cv`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class StudySpec:
     sampler: str
     grid: Mapping[str, Sequence[Any]] | None
     record_init_stats: bool
+    cv: int  # k of k-fold cross-validation on small data sets; 0: one validation split
     path: Path
     source_hash: str  # sha256 of the module file, recorded with every trial
 
@@ -112,6 +114,10 @@ def _read_module(module: ModuleType, name: str, path: Path) -> StudySpec:
     _check_choice(name, "PRUNER", pruner, PRUNERS)
     if sampler == "grid" and not grid:
         raise StudyError(f"study module {name!r}: SAMPLER = 'grid' needs GRID = {{param: [values]}}")
+    cv = getattr(module, "CV", 0)
+    if not isinstance(cv, int) or isinstance(cv, bool) or cv < 0:
+        raise StudyError(f"study module {name!r}: CV = {cv!r}; give the number of folds (e.g. "
+                         "CV = 5), or 0 for one validation split")
     doc = (module.__doc__ or "").strip()
     return StudySpec(
         name=name,
@@ -125,6 +131,7 @@ def _read_module(module: ModuleType, name: str, path: Path) -> StudySpec:
         sampler=sampler,
         grid=grid,
         record_init_stats=bool(getattr(module, "RECORD_INIT_STATS", False)),
+        cv=cv,
         path=path,
         source_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
     )

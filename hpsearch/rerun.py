@@ -8,6 +8,9 @@ differ by floating-point reordering, which the comparison makes visible.
 The trial's recorded speed options are repeated: a bf16 trial is trained in bf16 again. What
 cannot be repeated is said in `Rerun.notes`: a compiled step is run eagerly off CUDA, and a
 trial of a stack is trained alone.
+
+A cross-validated trial is trained again on the same k folds (its run record holds k, its config
+the split seed) and compared fold by fold and by the mean.
 """
 
 from __future__ import annotations
@@ -21,9 +24,17 @@ import optuna
 import torch
 
 from hpsearch.config import TrainConfig
+from hpsearch.crossval import CrossValResult, train_folds
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
-from hpsearch.runner import ATTR_CONFIG, ATTR_HISTORY, ATTR_RESULT, ATTR_RUN, package_versions
+from hpsearch.runner import (
+    ATTR_CONFIG,
+    ATTR_CV,
+    ATTR_HISTORY,
+    ATTR_RESULT,
+    ATTR_RUN,
+    package_versions,
+)
 from hpsearch.trainer import SpeedOptions, TrainResult, train
 
 
@@ -34,12 +45,13 @@ class Rerun:
     config: TrainConfig
     stored_value: float | None  # None unless the trial completed
     stored_history: list[float | None]  # the metric per epoch, as stored
-    result: TrainResult
+    result: TrainResult | CrossValResult
     stored_run: dict[str, Any]
     stored_result: dict[str, Any]  # outcome, stop reason, best epoch... as stored
     version_changes: dict[str, tuple[str, str]]  # package: (stored, now)
     speed: SpeedOptions  # what the rerun trained with
     notes: list[str]  # how the rerun differs from how the trial ran, and why
+    stored_cv: dict[str, Any] | None = None  # a cross-validated trial's per-fold record
 
     @property
     def history(self) -> list[float]:
@@ -47,13 +59,23 @@ class Rerun:
 
     @property
     def value(self) -> float | None:
-        """The rerun's metric at the epoch the run kept, as the study would have stored it."""
+        """The rerun's metric at the epoch the run kept (for k folds, their mean), as the study
+        would have stored it."""
+        if isinstance(self.result, CrossValResult):
+            return self.result.value if self.result.complete else None
         return None if self.result.failure else self.result.final.metric(self.metric)
 
     @property
     def max_epoch_difference(self) -> float | None:
-        """Largest absolute difference over the epochs both runs have values for."""
-        pairs = [(a, b) for a, b in zip(self.stored_history, self.history) if a is not None]
+        """Largest absolute difference over the epochs both runs have values for (of every fold
+        the stored trial trained, for a cross-validated one)."""
+        if isinstance(self.result, CrossValResult):
+            stored = (self.stored_cv or {}).get("history", [])
+            rerun = [[r.metric(self.metric) for r in fold.history] for fold in self.result.folds]
+        else:
+            stored, rerun = [self.stored_history], [self.history]
+        pairs = [(a, b) for old, new in zip(stored, rerun) for a, b in zip(old, new)
+                 if a is not None]
         if not pairs:
             return None
         return max(abs(a - b) if math.isfinite(a) and math.isfinite(b) else math.inf
@@ -84,14 +106,21 @@ def rerun_trial(
     metric = study.user_attrs.get("metric", "val_error")
     run = trial.user_attrs.get(ATTR_RUN, {})
     history = trial.user_attrs.get(ATTR_HISTORY, {}).get(metric, [])
-    splits = DataCache(data_dir, device).get(
-        config.dataset, val_fraction=config.val_fraction, split_seed=config.split_seed
-    )
+    data = DataCache(data_dir, device)
+    k = run.get("split", {}).get("cv_folds", 0)
     notes: list[str] = []
     if speed is None:
         speed, notes = _recorded_speed(run, device)
-    # No pruner here: a pruned trial runs all its epochs, and the stored epochs are compared.
-    result = train(config, splits, device=device, speed=speed)
+    # No pruner here: a pruned trial runs all its epochs (and folds), and the stored ones are
+    # compared.
+    result: TrainResult | CrossValResult
+    if k:
+        folds = data.folds(config.dataset, k=k, split_seed=config.split_seed)
+        result = train_folds(config, folds, metric=metric, device=device, speed=speed)
+    else:
+        splits = data.get(config.dataset, val_fraction=config.val_fraction,
+                          split_seed=config.split_seed)
+        result = train(config, splits, device=device, speed=speed)
     now = package_versions()
     changes = {k: (str(v), now[k]) for k, v in run.get("versions", {}).items()
                if k in now and str(v) != now[k]}
@@ -107,6 +136,7 @@ def rerun_trial(
         version_changes=changes,
         speed=speed,
         notes=notes,
+        stored_cv=trial.user_attrs.get(ATTR_CV),
     )
 
 

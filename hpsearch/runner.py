@@ -4,6 +4,10 @@ This is the only module that connects Optuna to the trainer: it turns a trial in
 `TrainConfig` through the study module, trains with a per-epoch callback that reports and asks
 the pruner, records what re-runs the trial, and tells Optuna one of four named outcomes:
 complete, pruned, failed (diverged, out of memory, bad config, a bug) or interrupted.
+
+A cross-validated trial (`RunSettings.cv` = k) trains once per fold (`crossval.train_folds`) and
+reports after each fold the running mean of the fold values, at step = folds done (1..k), which
+is what its pruner compares between trials; its value is the mean over the k folds.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.config import TrainConfig
-from hpsearch.data import DataCache, check_dataset_name
+from hpsearch.crossval import CrossValResult, train_folds
+from hpsearch.data import CV_MAX_TRAIN, DataCache, check_dataset_name, check_folds, load_raw
 from hpsearch.devices import device_name
 from hpsearch.errors import HPSearchError, StudyError
 from hpsearch.registry import StudySpec, suggest_config
@@ -43,6 +48,7 @@ ATTR_RUN = "run"  # seed, device, worker, package versions, study module and its
 ATTR_RESULT = "result"  # outcome, reason, stop reason, best epoch, seconds, parameter count
 ATTR_HISTORY = "history"  # per-epoch train/val loss, accuracy, error, F1, lr, seconds
 ATTR_INIT_STATS = "init_stats"
+ATTR_CV = "cv"  # cross-validated trials: k, each fold's value, best epoch and metric per epoch
 
 
 
@@ -88,6 +94,7 @@ class RunSettings:
     sampler: str
     pruner: str
     data_dir: Path | None = None
+    cv: int = 0  # k of k-fold cross-validation, 0: one validation split
 
     def base_config(self, trial_number: int) -> TrainConfig:
         return self.spec.base.replace(
@@ -105,6 +112,7 @@ def resolve_settings(
     sampler: str | None = None,
     pruner: str | None = None,
     data_dir: Path | None = None,
+    cv: int | None = None,
 ) -> RunSettings:
     dataset = dataset or spec.default_dataset
     check_dataset_name(dataset)
@@ -122,7 +130,33 @@ def resolve_settings(
         sampler=sampler,
         pruner=pruner or spec.pruner,
         data_dir=data_dir,
+        cv=resolve_cv(spec, dataset, requested=cv, data_dir=data_dir),
     )
+
+
+def resolve_cv(spec: StudySpec, dataset: str, *, requested: int | None, data_dir: Path | None) -> int:
+    """k of k-fold cross-validation for this run, or 0 for one validation split.
+
+    `--cv K` is taken as given (0 or 1: off), on any data set that can be split into K stratified
+    folds. A study module's `CV = k` applies only to data sets with fewer than CV_MAX_TRAIN
+    training examples, where one validation split is too small to rank trials, and never to
+    memorised sets (parity), whose validation set is their training set.
+    """
+    k = spec.cv if requested is None else requested
+    if k < 2:
+        return 0
+    raw = load_raw(dataset, data_dir)
+    n_train = int(raw.train_y.shape[0])
+    if requested is None and (raw.memorise or n_train >= CV_MAX_TRAIN):
+        why = "is memorised" if raw.memorise else f"has {n_train} training examples"
+        logger.info("study %s declares CV = %d, but %s %s: one validation split", spec.name, k,
+                    dataset, why)
+        return 0
+    check_folds(raw, name=dataset, k=k)
+    if n_train >= CV_MAX_TRAIN:
+        logger.warning("--cv %d on %s (%d training examples): every trial trains %d times", k,
+                       dataset, n_train, k)
+    return k
 
 
 def default_study_name(spec: StudySpec, dataset: str) -> str:
@@ -151,7 +185,9 @@ def make_pruner(settings: RunSettings) -> optuna.pruners.BasePruner:
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
     if settings.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.epochs)
+        # A cross-validated trial's steps are its folds, not its epochs.
+        return optuna.pruners.HyperbandPruner(min_resource=1,
+                                              max_resource=settings.cv or settings.epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -201,12 +237,17 @@ def open_study(
 def _settle_study_attrs(study: optuna.Study, handle: StorageHandle, settings: RunSettings) -> None:
     expected = study_attrs(settings)
     attrs = study.user_attrs
-    for key in ("study_module", "dataset"):
+    if attrs and "cv" not in attrs:
+        # Made before cross-validation existed ("cv" is the first setting written): its trials
+        # hold single-split values.
+        attrs = {**attrs, "cv": 0}
+    for key in ("cv", "study_module", "dataset"):
         if key in attrs and attrs[key] != expected[key]:
+            same = f"--cv {attrs[key]}" if key == "cv" else f"the same {key}"
             raise StudyError(
                 f"study {settings.study_name!r} in {handle.url} was created with {key}="
-                f"{attrs[key]!r}, not {expected[key]!r}; resume it with the same {key} or start a "
-                "new one with --study-name NAME"
+                f"{attrs[key]!r}, not {expected[key]!r}; resume it with {same} or start a new "
+                "one with --study-name NAME"
             )
     missing = {key: value for key, value in expected.items() if key not in attrs}
     if not missing:
@@ -224,6 +265,7 @@ def _settle_study_attrs(study: optuna.Study, handle: StorageHandle, settings: Ru
 
 def study_attrs(settings: RunSettings) -> dict[str, Any]:
     return {
+        "cv": settings.cv,  # first: a study holding settings but no "cv" predates it
         "study_module": settings.spec.name,
         "dataset": settings.dataset,
         "metric": settings.spec.metric,
@@ -270,7 +312,7 @@ def run_trial(
 ) -> TrialOutcome:
     """Train one trial and tell Optuna how it ended; only KeyboardInterrupt propagates."""
     spec = settings.spec
-    result: TrainResult | None = None
+    result: TrainResult | CrossValResult | None = None
 
     def finish(state: TrialState, outcome: str, reason: str | None, error: bool = False) -> TrialOutcome:
         return _finish(study, trial, result, state=state, outcome=outcome, reason=reason,
@@ -281,21 +323,7 @@ def run_trial(
             config = suggest_config(spec, trial, settings.base_config(trial.number))
             set_attr(trial, ATTR_CONFIG, config.to_dict())
             set_attr(trial, ATTR_RUN, run_record(settings, config, device))
-            splits = data.get(
-                config.dataset, val_fraction=config.val_fraction, split_seed=config.split_seed
-            )
-
-            def on_epoch(record: EpochRecord) -> bool:
-                trial.report(record.metric(spec.metric), record.epoch)
-                return trial.should_prune()
-
-            result = train(
-                config,
-                splits,
-                device=device,
-                on_epoch=on_epoch,
-                record_init_stats=spec.record_init_stats,
-            )
+            result = train_trial(trial, config, settings, device=device, data=data)
     except KeyboardInterrupt:
         finish(TrialState.FAIL, INTERRUPTED, "interrupted by the user")
         retry(study, handle.storage.get_trial(trial._trial_id))
@@ -310,15 +338,52 @@ def run_trial(
     return tell_result(study, trial, result, metric=spec.metric)
 
 
+def train_trial(
+    trial: optuna.Trial,
+    config: TrainConfig,
+    settings: RunSettings,
+    *,
+    device: torch.device,
+    data: DataCache,
+    speed: SpeedOptions | None = None,
+) -> TrainResult | CrossValResult:
+    """Train one trial's config alone, on its validation split or on each of its `settings.cv`
+    folds, reporting to the trial and stopping when its pruner says so; shared by `run_trial`
+    and the trials of a population that train alone."""
+    metric = settings.spec.metric
+    # NopPruner's verdict is always no; skipping the call saves a read of the trial per report.
+    ask_pruner = not isinstance(trial.study.pruner, optuna.pruners.NopPruner)
+    if settings.cv:
+        folds = data.folds(config.dataset, k=settings.cv, split_seed=config.split_seed)
+
+        def on_fold(done: int, running_mean: float) -> bool:
+            trial.report(running_mean, done)
+            return ask_pruner and trial.should_prune()
+
+        return train_folds(config, folds, metric=metric, device=device, on_fold=on_fold,
+                           record_init_stats=settings.spec.record_init_stats, speed=speed)
+    splits = data.get(config.dataset, val_fraction=config.val_fraction,
+                      split_seed=config.split_seed)
+
+    def on_epoch(record: EpochRecord) -> bool:
+        trial.report(record.metric(metric), record.epoch)
+        return ask_pruner and trial.should_prune()
+
+    return train(config, splits, device=device, on_epoch=on_epoch, speed=speed,
+                 record_init_stats=settings.spec.record_init_stats)
+
+
 def tell_result(
-    study: optuna.Study, trial: optuna.Trial, result: TrainResult, *, metric: str
+    study: optuna.Study, trial: optuna.Trial, result: TrainResult | CrossValResult, *, metric: str
 ) -> TrialOutcome:
     """Tell the outcome of a training run that ended by itself: failed (diverged), pruned or
-    complete; shared by single and stacked trials."""
+    complete; shared by single, cross-validated and stacked trials."""
     if result.failure is not None:
         state, outcome, reason = TrialState.FAIL, FAILED, result.failure
     elif result.stop_reason == "stopped":
-        state, outcome, reason = TrialState.PRUNED, PRUNED, f"pruned after epoch {len(result.history)}"
+        where = (f"fold {len(result.folds)} of {result.k}" if isinstance(result, CrossValResult)
+                 else f"epoch {len(result.history)}")
+        state, outcome, reason = TrialState.PRUNED, PRUNED, f"pruned after {where}"
     else:
         state, outcome, reason = TrialState.COMPLETE, COMPLETE, None
     return _finish(study, trial, result, state=state, outcome=outcome, reason=reason,
@@ -356,7 +421,8 @@ def run_record(
         "population": population,
         "seed": config.seed,
         "dataset": config.dataset,
-        "split": {"val_fraction": config.val_fraction, "split_seed": config.split_seed},
+        "split": {"val_fraction": config.val_fraction, "split_seed": config.split_seed,
+                  "cv_folds": settings.cv},
         "device": str(device),
         "device_name": device_name(device),
         "worker": worker_identity(),
@@ -369,7 +435,7 @@ def run_record(
 def _finish(
     study: optuna.Study,
     trial: optuna.Trial,
-    result: TrainResult | None,
+    result: TrainResult | CrossValResult | None,
     *,
     state: TrialState,
     outcome: str,
@@ -390,7 +456,12 @@ def _finish(
         set_attr(trial, ATTR_HISTORY, result.history_dict())
         if result.init_stats is not None:
             set_attr(trial, ATTR_INIT_STATS, result.init_stats)
-        if state == TrialState.COMPLETE:
+        if isinstance(result, CrossValResult):
+            set_attr(trial, ATTR_CV, result.to_attrs())
+            if state == TrialState.COMPLETE:
+                value = result.value
+                _report_cross_validation_scores(trial, result.values)
+        elif state == TrialState.COMPLETE:
             value = result.final.metric(metric)
     set_attr(trial, ATTR_RESULT, summary)
     try:
@@ -410,6 +481,22 @@ def _finish(
         seconds=result.seconds if result else 0.0,
         error=error,
     )
+
+
+def _report_cross_validation_scores(trial: optuna.Trial, scores: list[float]) -> None:
+    """Store the fold values where Optuna's Terminator (CrossValidationErrorEvaluator) reads them.
+
+    Optuna 4.9 deprecated the `optuna.terminator` module (to be removed in 6.0) and warns on every
+    call; the values are also in the trial's `cv` attribute, which does not depend on it.
+    """
+    try:
+        from optuna.terminator import report_cross_validation_scores
+    except ImportError:
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        report_cross_validation_scores(trial, scores)
 
 
 def retry(study: optuna.Study, failed: FrozenTrial) -> None:

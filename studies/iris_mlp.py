@@ -12,6 +12,9 @@ BASE = TrainConfig(
 DATASETS = ("iris",)
 TRIALS = 30
 PRUNER = "none"
+# 120 training examples: one 10% validation split (12 examples) ranks trials in steps of 8.3%,
+# so each trial is scored by its mean validation error over 5 stratified folds instead.
+CV = 5
 
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
