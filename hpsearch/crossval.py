@@ -53,8 +53,10 @@ class CrossValResult:
 
     @property
     def failure(self) -> str | None:
-        failed = next((j for j, fold in enumerate(self.folds, 1) if fold.failure), None)
-        return None if failed is None else f"fold {failed} of {self.k}: {self.folds[failed - 1].failure}"
+        for done, fold in enumerate(self.folds, 1):
+            if fold.failure is not None:
+                return f"fold {done} of {self.k}: {fold.failure}"
+        return None
 
     @property
     def stop_reason(self) -> str:

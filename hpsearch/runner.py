@@ -134,7 +134,9 @@ def resolve_settings(
     )
 
 
-def resolve_cv(spec: StudySpec, dataset: str, *, requested: int | None, data_dir: Path | None) -> int:
+def resolve_cv(
+    spec: StudySpec, dataset: str, *, requested: int | None, data_dir: Path | None
+) -> int:
     """k of k-fold cross-validation for this run, or 0 for one validation split.
 
     `--cv K` is taken as given (0 or 1: off), on any data set that can be split into K stratified

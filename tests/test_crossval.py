@@ -16,11 +16,11 @@ from optuna.trial import TrialState
 from hpsearch.cli import main
 from hpsearch.config import TrainConfig
 from hpsearch.crossval import train_folds
-from hpsearch.data import RawData, load_raw, make_folds, make_splits, register_dataset
+from hpsearch.data import DataCache, RawData, load_raw, make_folds, make_splits, register_dataset
 from hpsearch.errors import DataError, StudyError
 from hpsearch.registry import load_study
 from hpsearch.rerun import rerun_trial
-from hpsearch.runner import resolve_settings
+from hpsearch.runner import open_study, resolve_settings, run_trial
 from hpsearch.storage import open_storage
 from hpsearch.trainer import train
 from hpsearch.worker import run_worker
@@ -126,7 +126,7 @@ def test_cv_0_restores_the_single_split_and_a_study_does_not_mix_the_two(
 
     resumed = cli.invoke(main, ["run", str(cv_module), "--storage", sqlite_url, "--device", "cpu"])
     assert resumed.exit_code == 1
-    assert "was created with cv=0, not 3" in resumed.output
+    assert "was created with cv=0, not 3; resume it with --cv 0" in resumed.output
     assert len(optuna.load_study(study_name="cv_iris", storage=sqlite_url).trials) == 1
 
 
@@ -134,7 +134,8 @@ def test_rerun_of_a_cross_validated_trial_runs_the_same_folds(
     cv_module: Path, sqlite_url: str, cli: CliRunner
 ) -> None:
     _run(cli, cv_module, sqlite_url, "--trials", "2")
-    study = optuna.load_study(study_name="cv_iris", storage=open_storage(sqlite_url, heartbeat=None).storage)
+    storage = open_storage(sqlite_url, heartbeat=None).storage
+    study = optuna.load_study(study_name="cv_iris", storage=storage)
     rerun = rerun_trial(study, 1, device=CPU)
     assert rerun.value == rerun.stored_value == study.trials[1].value
     assert rerun.result.values == study.trials[1].user_attrs["cv"]["values"]
@@ -180,19 +181,30 @@ def test_population_workers_train_cross_validated_trials_alone_with_the_same_res
     assert values[1] == values[3]
 
 
-def test_pruning_stops_between_folds_on_the_running_mean() -> None:
+def test_a_cross_validated_trial_is_pruned_between_folds_on_the_running_mean(
+    cv_module: Path, sqlite_url: str
+) -> None:
+    settings = resolve_settings(load_study(str(cv_module)))
+    handle = open_storage(sqlite_url)
+    study = open_study(handle, settings)
+    study.pruner = optuna.pruners.ThresholdPruner(upper=0.0)  # any error > 0 is pruned at once
+    outcome = run_trial(study, study.ask(), settings, handle=handle, device=CPU,
+                        data=DataCache(None, CPU))
+    assert outcome.outcome == "pruned" and outcome.reason == "pruned after fold 1 of 3"
+    (trial,) = study.trials
+    cv = trial.user_attrs["cv"]
+    assert trial.intermediate_values == {1: cv["values"][0]} and len(cv["values"]) == 1
+    assert trial.user_attrs["result"]["stop_reason"] == "stopped"
+
+
+def test_a_diverging_fold_fails_the_trial_with_its_fold_named() -> None:
     folds = make_folds(load_raw("iris"), name="iris", k=3, split_seed=0)
-    seen: list[tuple[int, float]] = []
-
-    def on_fold(done: int, running_mean: float) -> bool:
-        seen.append((done, running_mean))
-        return done == 2
-
-    config = TrainConfig(dataset="iris", hidden=(8,), epochs=2)
-    result = train_folds(config, folds, metric="val_error", device=CPU, on_fold=on_fold)
-    assert [done for done, _ in seen] == [1, 2] and len(result.folds) == 2
-    assert seen[1][1] == statistics.fmean(result.values)
-    assert result.stop_reason == "stopped" and not result.complete
+    config = TrainConfig(dataset="iris", hidden=(8,), optimizer="sgd", lr=1e6, batch_size=16,
+                         epochs=3)
+    result = train_folds(config, folds, metric="val_error", device=CPU)
+    assert len(result.folds) == 1 and result.stop_reason == "diverged"
+    assert result.failure is not None
+    assert result.failure.startswith("fold 1 of 3: training loss became")
 
 
 def test_where_cross_validation_applies(tmp_path: Path) -> None:
