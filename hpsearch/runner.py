@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import os
@@ -183,6 +184,13 @@ def make_sampler(settings: RunSettings, *, seed: int | None) -> optuna.samplers.
     return optuna.samplers.GridSampler(dict(settings.spec.grid), seed=settings.seed)
 
 
+def resume_seed(seed: int, n_trials: int) -> int:
+    """The sampler seed of a study that already holds `n_trials` trials: a new stream per
+    resume point, the same one for the same seed and point (so a resumed run is reproducible)."""
+    digest = hashlib.sha256(f"{seed}:{n_trials}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
 def make_pruner(settings: RunSettings) -> optuna.pruners.BasePruner:
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=1)
@@ -232,13 +240,30 @@ def open_study(
                 f"study {settings.study_name!r} in {handle.url} cannot be resumed: {e}; choose "
                 "another --study-name"
             ) from e
-        _settle_study_attrs(study, handle, settings)
+        n_existing = len(study.get_trials(deepcopy=False))
+        if sampler_seed is not None and n_existing:
+            # A resumed or extended study must not replay the stream it already drew: re-seeding
+            # with the same seed proposes the same points again (8 of 8 with the random sampler,
+            # and TPE's random start-up trials likewise). A fresh study keeps the plain seed, so
+            # it stays reproducible; a resume continues from a stream keyed by how far it got.
+            study.sampler = make_sampler(settings, seed=resume_seed(sampler_seed, n_existing))
+        _settle_study_attrs(study, handle, settings, n_existing=n_existing)
     return study
 
 
-def _settle_study_attrs(study: optuna.Study, handle: StorageHandle, settings: RunSettings) -> None:
+def _settle_study_attrs(
+    study: optuna.Study, handle: StorageHandle, settings: RunSettings, *, n_existing: int
+) -> None:
     expected = study_attrs(settings)
     attrs = study.user_attrs
+    where = f"study {settings.study_name!r} in {handle.url}"
+    if (attrs and not set(attrs) & set(expected)) or (not attrs and n_existing):
+        # Someone else's study (Optuna's own CLI, a script): adding trials of another search
+        # space, metric or data set to it would spoil both.
+        raise StudyError(
+            f"{where} was not created by hpsearch (it has {n_existing} trial(s) and no hpsearch "
+            "settings), so hpsearch will not add trials to it; choose another --study-name NAME"
+        )
     if attrs and "cv" not in attrs:
         # Made before cross-validation existed ("cv" is the first setting written): its trials
         # hold single-split values.
@@ -251,6 +276,7 @@ def _settle_study_attrs(study: optuna.Study, handle: StorageHandle, settings: Ru
                 f"{attrs[key]!r}, not {expected[key]!r}; resume it with {same} or start a new "
                 "one with --study-name NAME"
             )
+    check_resume(attrs, settings, where=where)
     missing = {key: value for key, value in expected.items() if key not in attrs}
     if not missing:
         return
@@ -263,6 +289,27 @@ def _settle_study_attrs(study: optuna.Study, handle: StorageHandle, settings: Ru
             study.set_metric_names([settings.spec.metric])  # the dashboard's label for the value
     for key, value in missing.items():
         study.set_user_attr(key, value)
+
+
+# What a resume must repeat, and the option that sets it. Another epoch budget makes the trials
+# incomparable; another seed or sampler would start a different search in the same study.
+# (cv, study module and data set are checked above, one at a time.)
+RESUME_KEYS = {"epochs": "--epochs", "seed": "--seed", "sampler": "--sampler"}
+
+
+def check_resume(attrs: dict[str, Any], settings: RunSettings, *, where: str) -> None:
+    """Refuse to resume a study with settings other than those it was created with."""
+    given = study_attrs(settings)
+    # A key the stored study lacks (an older hpsearch) is not checked.
+    changed = [key for key in RESUME_KEYS if key in attrs and attrs[key] != given[key]]
+    if not changed:
+        return
+    listed = ", ".join(f"{key}={attrs[key]!r} (given {given[key]!r})" for key in changed)
+    same = " ".join(f"{RESUME_KEYS[key]} {attrs[key]}" for key in changed)
+    raise StudyError(
+        f"{where} was created with {listed}; resume it with the same settings ({same}) or start "
+        "a new study with --study-name NAME"
+    )
 
 
 def study_attrs(settings: RunSettings) -> dict[str, Any]:
