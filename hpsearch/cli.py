@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -12,17 +13,27 @@ from typing import Any
 import click
 import optuna
 import yaml
+from click.core import ParameterSource
 
 from hpsearch import __version__
 from hpsearch.cli_options import (
+    RUN_THREADS,
     describe,
+    invoked_as,
     prepare_run,
+    set_threads,
     speed_from,
     speed_options,
     storage_option,
     study_options,
+    threads_option,
 )
-from hpsearch.cli_parallel import launch_command, status_command, worker_command
+from hpsearch.cli_parallel import (
+    launch_command,
+    status_command,
+    stop_signals_interrupt,
+    worker_command,
+)
 from hpsearch.crossval import CrossValResult
 from hpsearch.dashboard import (
     DEFAULT_HOST,
@@ -48,7 +59,7 @@ from hpsearch.runner import (
     TrialOutcome,
     load_existing_study,
 )
-from hpsearch.storage import DEFAULT_STORAGE, open_storage
+from hpsearch.storage import open_storage
 from hpsearch.worker import BudgetState, run_worker
 
 
@@ -86,15 +97,18 @@ def studies_command() -> None:
 @main.command("run")
 @study_options
 @speed_options
+@threads_option(default=RUN_THREADS)
 def run_command(study: str, trials: int | None, timeout: float | None, storage: str, study_name: str | None,
                 dataset: str | None, data_dir: Path | None, epochs: int | None, device: str, seed: int,
                 sampler: str | None, pruner: str | None, cv: int | None, population: int,
-                compile_: bool, bf16: bool, allow_mixed_precision: bool) -> None:
+                compile_: bool, bf16: bool, allow_mixed_precision: bool, threads: int) -> None:
     """Create or resume STUDY and run trials until it holds --trials finished ones.
 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
     Ctrl-C at any time: finished trials stay, and running the same command again resumes.
     """
+    stop_signals_interrupt()  # also when started in the background, where SIGINT is ignored
+    set_threads(threads)
     settings, torch_device, handle, budget = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
         dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
@@ -131,8 +145,12 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
         if outcome.outcome == FAILED:
             click.echo(f"  trial {outcome.number} failed: {outcome.reason}")
     _print_best(load_existing_study(handle, settings.study_name), brief=True)
-    storage_arg = "" if storage == DEFAULT_STORAGE else f" --storage {storage}"
-    click.echo(f"\nnext: hpsearch best {settings.study_name}{storage_arg}")
+    # The masked URL: a password never goes to the terminal (nor into shell history by copy).
+    # A storage from HPSEARCH_STORAGE needs no --storage to be found again.
+    source = click.get_current_context().get_parameter_source("storage")
+    from_user = source not in (ParameterSource.DEFAULT, ParameterSource.ENVIRONMENT)
+    storage_arg = f" --storage {shlex.quote(handle.url)}" if from_user else ""
+    click.echo(f"\nnext: {invoked_as()} best {shlex.quote(settings.study_name)}{storage_arg}")
 
 
 main.add_command(worker_command)

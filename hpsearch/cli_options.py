@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +64,27 @@ def prepare_run(
     return settings, resolve_device(device), open_storage(storage), trials or settings.spec.trials
 
 
+# Measured on a 2-core VM at load 8.5, ms per training step with 1 and 2 torch threads: 3.1 and
+# 7.7 for quickstart's MLP (batch 64), 35 and 55 for the Hinton MLP (batch 100). Small models
+# gain nothing from more threads and lose much when cores are shared, so `run` defaults to one.
+RUN_THREADS = 1
+
+
+def threads_option(func: Any = None, *, default: int | None = None) -> Any:
+    """`--threads`: torch's intra-op CPU threads (`worker` keeps torch's default, all cores or
+    OMP_NUM_THREADS, which `launch` sets per worker; `run` passes RUN_THREADS)."""
+    option = click.option(
+        "--threads", type=click.IntRange(min=1), default=default, show_default=default is not None,
+        help="CPU threads for torch" + (" (more can pay off for CNNs on an idle many-core CPU)."
+                                        if default else " [all cores, or OMP_NUM_THREADS]."))
+    return option if func is None else option(func)
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def speed_options(func: Any) -> Any:
     """How a worker trains, not what: these never change a trial's config or the search space."""
     options = [
@@ -84,6 +108,20 @@ def speed_options(func: Any) -> Any:
 
 def speed_from(compile_: bool, bf16: bool) -> SpeedOptions | None:
     return SpeedOptions(compile=compile_, bf16=bf16) if compile_ or bf16 else None
+
+
+def invoked_as() -> str:
+    """How to run hpsearch again the way this process was started, for printed `next:` lines:
+    plain `hpsearch` only when that name on PATH is this very installation (an activated venv);
+    otherwise the script's path as typed (`.venv/bin/hpsearch`) or `PYTHON -m hpsearch`."""
+    on_path = shutil.which("hpsearch")
+    # Compare folders without following links: a venv's python links to the system's.
+    if on_path and Path(on_path).absolute().parent == Path(sys.executable).absolute().parent:
+        return "hpsearch"
+    script = sys.argv[0]
+    if Path(script).name == "hpsearch":
+        return shlex.quote(script)
+    return f"{shlex.quote(sys.executable)} -m hpsearch"
 
 
 def describe(outcome: TrialOutcome | None) -> str:

@@ -15,11 +15,13 @@ import torch
 from hpsearch.cli_options import (
     describe,
     prepare_run,
+    set_threads,
     settings_from,
     speed_from,
     speed_options,
     storage_option,
     study_options,
+    threads_option,
 )
 from hpsearch.data import DataCache
 from hpsearch.devices import resolve_device
@@ -40,7 +42,7 @@ from hpsearch.trainer import SpeedOptions
 from hpsearch.worker import BudgetState, check_precision, run_worker
 
 
-def _stop_signals_interrupt() -> None:
+def stop_signals_interrupt() -> None:
     """SIGINT and SIGTERM both stop a worker (or a launcher) as Ctrl-C does: the running trial
     is marked interrupted and queued again, not left RUNNING.
 
@@ -62,7 +64,7 @@ def _stop_signals_interrupt() -> None:
 @click.option("--worker-index", type=click.IntRange(min=0), envvar="HPSEARCH_WORKER_INDEX",
               help="This worker's number (env HPSEARCH_WORKER_INDEX); seeds its sampler apart "
                    "from the others' [a random sampler seed].")
-@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch [all cores].")
+@threads_option
 def worker_command(study: str, trials: int | None, timeout: float | None, storage: str,
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
@@ -75,9 +77,8 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     the budget of the study, shared by all of them. Use PostgreSQL across machines, a journal
     file on one machine; SQLite takes a single worker.
     """
-    _stop_signals_interrupt()
-    if threads:
-        torch.set_num_threads(threads)
+    stop_signals_interrupt()
+    set_threads(threads)
     settings, torch_device, handle, budget = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
         dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
@@ -125,7 +126,7 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
 
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
     """
-    _stop_signals_interrupt()
+    stop_signals_interrupt()
     settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
                          sampler=sampler, pruner=pruner, data_dir=data_dir, cv=cv)
     spec = settings.spec

@@ -1,0 +1,108 @@
+"""What `hpsearch run` prints and how it behaves as a process: the closing `next:` line, torch
+threads, and Ctrl-C when started in the background."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from click.testing import CliRunner
+from optuna.trial import TrialState
+
+from hpsearch.cli import main
+from hpsearch.cli_options import invoked_as
+
+
+def test_run_never_prints_the_database_password(cli: CliRunner, postgres_url: str) -> None:
+    url = postgres_url.replace("postgres@", "postgres:secret123@")  # trust auth ignores it
+    result = cli.invoke(main, ["run", "quickstart", "--trials", "1", "--epochs", "1",
+                               "--storage", url])
+    assert result.exit_code == 0, result.output
+    assert "secret123" not in result.output
+    next_line = [line for line in result.output.splitlines() if line.startswith("next: ")]
+    assert next_line and next_line[0].endswith(
+        f" best quickstart --storage '{url.replace('secret123', '***')}'")
+
+
+def test_run_from_the_environment_needs_no_storage_in_the_next_line(
+    cli: CliRunner, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HPSEARCH_STORAGE", sqlite_url)
+    result = cli.invoke(main, ["run", "quickstart", "--trials", "1", "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith(f"next: {invoked_as()} best quickstart")
+
+
+def test_the_next_line_names_hpsearch_as_it_can_be_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    venv_bin = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # not activated: `hpsearch` alone is not found
+    monkeypatch.setattr(sys, "argv", [".venv/bin/hpsearch", "run"])
+    assert invoked_as() == ".venv/bin/hpsearch"
+    monkeypatch.setattr(sys, "argv", ["/x/hpsearch/__main__.py", "run"])  # python -m hpsearch
+    assert invoked_as() == f"{sys.executable} -m hpsearch"
+    if (venv_bin / "hpsearch").exists():
+        monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")  # activated
+        assert invoked_as() == "hpsearch"
+
+
+@pytest.mark.parametrize(("args", "threads"), [([], 1), (["--threads", "2"], 2)])
+def test_run_sets_torch_threads(args: list[str], threads: int, cli: CliRunner, sqlite_url: str) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        result = cli.invoke(main, ["run", "quickstart", "--trials", "1", "--epochs", "1",
+                                   "--storage", sqlite_url, *args])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+SLOW = '''"""Every trial waits long enough to be interrupted."""
+import time
+from pathlib import Path
+from hpsearch.config import TrainConfig
+
+BASE = TrainConfig(dataset="iris", hidden=(8,), epochs=1)
+PRUNER = "none"
+
+def suggest(trial, base):
+    lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    Path(__file__).with_suffix(".started").write_text(str(trial.number))
+    time.sleep(120)
+    return base.replace(lr=lr)
+'''
+
+
+def test_run_started_in_the_background_stops_on_ctrl_c(tmp_path: Path) -> None:
+    module = tmp_path / "slow.py"
+    module.write_text(SLOW)
+    url = f"sqlite:///{tmp_path / 'bg.db'}"
+
+    def ignore_sigint() -> None:  # what `cmd &` in a non-interactive shell does
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "run", str(module), "--trials", "2", "--storage", url],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=ignore_sigint, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not module.with_suffix(".started").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the trial never started"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    trials = optuna.load_study(study_name="slow", storage=url).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["result"]["outcome"] == "interrupted"
