@@ -18,6 +18,7 @@ from click.core import ParameterSource
 from hpsearch import __version__
 from hpsearch.cli_options import (
     RUN_THREADS,
+    OutputFile,
     describe,
     invoked_as,
     prepare_run,
@@ -44,10 +45,10 @@ from hpsearch.dashboard import (
     make_dashboard_server,
 )
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
-from hpsearch.errors import DeviceError, HPSearchError
+from hpsearch.errors import DeviceError, HPSearchError, StudyError
 from hpsearch.export import export_document, load_exported, write_document
 from hpsearch.final import markdown, run_final
-from hpsearch.registry import list_studies
+from hpsearch.registry import load_study, study_names
 from hpsearch.report import write_report
 from hpsearch.rerun import rerun_trial
 from hpsearch.runner import (
@@ -86,12 +87,23 @@ def main(verbose: int) -> None:
 @main.command("studies")
 def studies_command() -> None:
     """List the built-in study modules."""
-    for spec in list_studies():
+    broken = []
+    for name in study_names():
+        # One broken module is named with its error; it does not hide the others.
+        try:
+            spec = load_study(name)
+        except StudyError as e:
+            broken.append(str(e))
+            continue
         click.echo(f"{spec.name:12} {spec.description}")
         click.echo(
             f"{'':12} data: {', '.join(spec.datasets)}; {spec.trials} trials, "
             f"{spec.sampler} sampler, {spec.pruner} pruner, metric {spec.metric}"
         )
+    for message in broken:
+        click.echo(f"Error: {message}", err=True)
+    if broken:
+        sys.exit(1)
 
 
 @main.command("run")
@@ -213,7 +225,7 @@ def dashboard_command(storage: str, host: str, port: int) -> None:
 @main.command("report")
 @click.argument("study_name")
 @storage_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=OutputFile(),
                default=Path("report.html"), show_default=True, help="HTML file to write.")
 def report_command(study_name: str, storage: str, output: Path) -> None:
     """Write one self-contained HTML page of figures and trend tables for STUDY_NAME."""
@@ -233,7 +245,7 @@ def report_command(study_name: str, storage: str, output: Path) -> None:
 @storage_option
 @click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
               help="How many of the best completed trials to export.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=OutputFile(),
                default=Path("best.yaml"), show_default=True, help="YAML file, or JSON by extension.")
 def export_command(study_name: str, storage: str, top: int, output: Path) -> None:
     """Write the best configs of STUDY_NAME, ready for `hpsearch final`."""
@@ -257,7 +269,7 @@ def export_command(study_name: str, storage: str, top: int, output: Path) -> Non
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder holding data files (env HPSEARCH_DATA_DIR).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--output", type=OutputFile(),
                default=Path("final.json"), show_default=True,
                help="JSON file; the Markdown tables go beside it (.md).")
 def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
@@ -24,6 +25,24 @@ storage_option = click.option(
     show_default=True,
     help="sqlite:///FILE.db, journal:FILE.log or postgresql://USER@HOST/DB (env HPSEARCH_STORAGE).",
 )
+
+
+class OutputFile(click.Path):
+    """A file to write, checked when the command line is read, before any work: its folder must
+    exist and be writable (a `final` that finds out after training loses every trained seed)."""
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, writable=True, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = super().convert(value, param, ctx)
+        folder = Path(os.fsdecode(path)).parent
+        if not folder.is_dir():
+            self.fail(f"folder {str(folder)!r} does not exist; create it (mkdir -p "
+                      f"{shlex.quote(str(folder))}) or write elsewhere", param, ctx)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            self.fail(f"folder {str(folder)!r} is not writable; write elsewhere", param, ctx)
+        return path
 
 
 def study_options(func: Any) -> Any:

@@ -152,6 +152,8 @@ class TrainConfig:
         unknown = sorted(set(data) - FIELD_NAMES)
         if unknown:
             raise ConfigError(_unknown_fields_message(unknown))
+        for name, value in data.items():
+            _check_type(name, value)
         try:
             return cls(**dict(data))
         except TypeError as e:
@@ -159,6 +161,26 @@ class TrainConfig:
 
 
 FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(TrainConfig))
+
+
+# A file gives any YAML type; the checks in __post_init__ compare values and would let
+# `epochs: 1.5` or `lr: "0.1"` through to fail deep inside training.
+_FIELD_TYPES = {f.name: type(f.default) for f in dataclasses.fields(TrainConfig)}
+_TYPE_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a name"}
+
+
+def _check_type(name: str, value: object) -> None:
+    expected = _FIELD_TYPES[name]
+    if expected is tuple:
+        return  # `hidden`: __post_init__ checks its items
+    if expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigError(f"{name}={value!r} is not valid: expected {_TYPE_WORDS[expected]}")
 
 
 def _finite(value: float) -> bool:

@@ -157,6 +157,9 @@ def load_exported(path: Path) -> list[ExportedConfig]:
         document = json.loads(text) if Path(path).suffix.lower() == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as e:
         raise HPSearchError(f"export file {path} is not valid YAML/JSON: {e}") from e
+    except RecursionError as e:  # both parsers recurse once per nesting level
+        raise HPSearchError(f"export file {path} is nested too deeply to be an export file; "
+                            "write one with `hpsearch export STUDY -o best.yaml`") from e
     entries = document.get("configs") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise HPSearchError(
@@ -181,6 +184,13 @@ def _read_entry(entry: Any, index: int, path: Path) -> ExportedConfig:
         )
     trial = entry.get("trial")
     value = entry.get("value")
+    if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int)):
+        raise HPSearchError(f"{where}: trial={trial!r} is not valid: expected a trial number")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise HPSearchError(f"{where}: value={value!r} is not valid: expected a number")
+    for key in ("study", "metric"):
+        if entry.get(key) is not None and not isinstance(entry[key], str):
+            raise HPSearchError(f"{where}: {key}={entry[key]!r} is not valid: expected a name")
     return ExportedConfig(
         config=config,
         study=entry.get("study"),

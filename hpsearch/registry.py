@@ -88,7 +88,11 @@ def load_study(name_or_path: str) -> StudySpec:
             f"{choices_hint(name_or_path, names, 'study')} (or give a path to your own module, "
             "e.g. ./my_study.py; `hpsearch studies` lists them)"
         )
-    module = importlib.import_module(f"studies.{name_or_path}")
+    try:
+        module = importlib.import_module(f"studies.{name_or_path}")
+    except Exception as e:
+        raise StudyError(f"study module {name_or_path!r} failed to import: {e!r}; fix "
+                         f"studies/{name_or_path}.py") from e
     return _read_module(module, name_or_path, Path(inspect.getfile(module)))
 
 
@@ -103,9 +107,22 @@ def _read_module(module: ModuleType, name: str, path: Path) -> StudySpec:
     base = getattr(module, "BASE", TrainConfig())
     if not isinstance(base, TrainConfig):
         raise StudyError(f"study module {name!r}: BASE must be a TrainConfig, got {type(base).__name__}")
-    datasets = tuple(getattr(module, "DATASETS", (base.dataset,)))
+    datasets = getattr(module, "DATASETS", (base.dataset,))
+    if (isinstance(datasets, str) or not isinstance(datasets, Sequence) or not datasets
+            or not all(isinstance(d, str) for d in datasets)):
+        raise StudyError(
+            f"study module {name!r} ({path}): DATASETS = {datasets!r} must be a non-empty tuple of "
+            "data set names, the default first, e.g. DATASETS = (\"digits\", \"mnist\")"
+        )
+    datasets = tuple(datasets)
+    trials = getattr(module, "TRIALS", 20)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise StudyError(
+            f"study module {name!r} ({path}): TRIALS = {trials!r} must be a whole number of trials "
+            "of at least 1, e.g. TRIALS = 20"
+        )
     metric = getattr(module, "METRIC", "val_error")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise StudyError(f"study module {name!r}: {choices_hint(metric, list(METRICS), 'metric')}")
     sampler = getattr(module, "SAMPLER", "tpe")
     pruner = getattr(module, "PRUNER", "median")
@@ -126,7 +143,7 @@ def _read_module(module: ModuleType, name: str, path: Path) -> StudySpec:
         base=base.replace(dataset=datasets[0]),
         datasets=datasets,
         metric=metric,
-        trials=int(getattr(module, "TRIALS", 20)),
+        trials=trials,
         pruner=pruner,
         sampler=sampler,
         grid=grid,
