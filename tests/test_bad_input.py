@@ -55,8 +55,8 @@ CASES: dict[str, tuple[Setup, str]] = {
     # outputs are checked before any work (final would otherwise train every seed first)
     "report -o in a missing folder": (
         lambda tmp: ["report", "quickstart", "--storage", DB, "-o", "nodir/report.html"],
-        "Invalid value for '-o' / '--output': folder 'nodir' does not exist; create it "
-        "(mkdir -p nodir) or write elsewhere"),
+        ("Invalid value for '-o' / '--output': folder 'nodir' does not exist; create it "
+         "(mkdir -p nodir) or write elsewhere")),
     "export -o in a missing folder": (
         lambda tmp: ["export", "quickstart", "--storage", DB, "-o", "nodir/best.yaml"],
         "folder 'nodir' does not exist"),

@@ -86,13 +86,15 @@ def test_run_started_in_the_background_stops_on_ctrl_c(tmp_path: Path) -> None:
     module.write_text(SLOW)
     url = f"sqlite:///{tmp_path / 'bg.db'}"
 
-    def ignore_sigint() -> None:  # what `cmd &` in a non-interactive shell does
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(module), "--trials", "2", "--storage", url],
-        env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=ignore_sigint, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Started with SIGINT ignored, as `cmd &` in a non-interactive shell does (exec keeps it).
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hpsearch", "run", str(module), "--trials", "2", "--storage", url],
+            env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         deadline = time.monotonic() + 60
         while not module.with_suffix(".started").exists():
