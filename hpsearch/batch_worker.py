@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from hpsearch.config import TrainConfig
 from hpsearch.crossval import CrossValResult
 from hpsearch.data import DataCache
+from hpsearch.outcomes import interrupt_reason
 from hpsearch.population import stackable_key, train_population
 from hpsearch.registry import suggest_config
 from hpsearch.runner import (
@@ -107,10 +108,10 @@ def _run_batch(
                 if group:
                     _train_group(study, group, settings, device=device, data=data,
                                  speed=speed)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             for pending in batch:
                 if pending.outcome is None:
-                    _fail(study, pending, None, INTERRUPTED, "interrupted by the user", spec.metric)
+                    _fail(study, pending, None, INTERRUPTED, interrupt_reason(e), spec.metric)
                     retry(study, handle.storage.get_trial(pending.trial._trial_id))
             raise
 

@@ -32,7 +32,6 @@ from hpsearch.cli_options import (
 from hpsearch.cli_parallel import (
     launch_command,
     status_command,
-    stop_signals_interrupt,
     worker_command,
 )
 from hpsearch.crossval import CrossValResult
@@ -48,15 +47,14 @@ from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
 from hpsearch.export import export_document, load_exported, write_document
 from hpsearch.final import markdown, run_final
+from hpsearch.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.registry import load_study, study_names
 from hpsearch.report import write_report
 from hpsearch.rerun import rerun_trial
 from hpsearch.runner import (
     ATTR_CONFIG,
     ATTR_RESULT,
-    COMPLETE,
     FAILED,
-    PRUNED,
     TrialOutcome,
     load_existing_study,
 )
@@ -119,7 +117,7 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
     Ctrl-C at any time: finished trials stay, and running the same command again resumes.
     """
-    stop_signals_interrupt()  # also when started in the background, where SIGINT is ignored
+    interrupt_on_signals()  # also when started in the background, where SIGINT is ignored
     set_threads(threads)
     settings, torch_device, handle, budget = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
@@ -141,8 +139,8 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
                                 timeout=timeout, sampler_seed=seed, on_trial=on_trial,
                                 population=population, speed=speed_from(compile_, bf16),
                                 allow_mixed_precision=allow_mixed_precision)
-        except KeyboardInterrupt:
-            click.echo(f"\ninterrupted: finished trials are kept in {handle.url}; the running trial "
+        except KeyboardInterrupt as e:
+            click.echo(f"\n{interrupt_reason(e)}: finished trials are kept in {handle.url}; the running trial "
                        "is queued again. Run the same command to resume.", err=True)
             sys.exit(130)
     elapsed = time.monotonic() - started
@@ -150,8 +148,8 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
         click.echo(f"note: {report.precision_note}")
     if report.already_done:
         click.echo(f"resumed: {report.already_done} trials were already finished")
-    click.echo(f"ran {len(report.outcomes)} trials in {elapsed:.1f} s: {report.count(COMPLETE)} complete, "
-               f"{report.count(PRUNED)} pruned, {report.count(FAILED)} failed"
+    click.echo(f"ran {len(report.outcomes)} trials in {elapsed:.1f} s: "
+               f"{describe_counts(report.counts())}"
                + (" (stopped by --timeout)" if report.stopped == "timeout" else ""))
     for outcome in report.outcomes:
         if outcome.outcome == FAILED:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -26,36 +25,18 @@ from hpsearch.cli_options import (
 from hpsearch.data import DataCache
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
+from hpsearch.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.parallel import launch, parse_gpus, plan_workers
 from hpsearch.runner import (
     ATTR_RUN,
-    COMPLETE,
-    FAILED,
-    PRUNED,
     TrialOutcome,
     load_existing_study,
     open_study,
 )
-from hpsearch.status import RECENT_SECONDS, StudyStatus, study_status
+from hpsearch.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
 from hpsearch.storage import open_storage
 from hpsearch.trainer import SpeedOptions
 from hpsearch.worker import BudgetState, check_precision, run_worker
-
-
-def stop_signals_interrupt() -> None:
-    """SIGINT and SIGTERM both stop a worker (or a launcher) as Ctrl-C does: the running trial
-    is marked interrupted and queued again, not left RUNNING.
-
-    `docker stop`, Kubernetes and batch schedulers send SIGTERM. SIGINT is what `launch` sends
-    its workers; a process started in the background by a non-interactive shell inherits SIGINT
-    as ignored (and Python then keeps it ignored), so the handler is installed explicitly.
-    """
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, handler)
 
 
 @click.command("worker")
@@ -77,7 +58,9 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     the budget of the study, shared by all of them. Use PostgreSQL across machines, a journal
     file on one machine; SQLite takes a single worker.
     """
-    stop_signals_interrupt()
+    # SIGINT and SIGTERM stop a worker as Ctrl-C does: the running trial is told interrupted
+    # (naming the signal) and queued again, not left RUNNING.
+    interrupt_on_signals()
     set_threads(threads)
     settings, torch_device, handle, budget = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
@@ -98,14 +81,13 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
                             sampler_seed=sampler_seed, on_trial=on_trial, population=population,
                             speed=speed_from(compile_, bf16),
                             allow_mixed_precision=allow_mixed_precision)
-    except KeyboardInterrupt:
-        click.echo(f"[{name}] interrupted: its running trial is queued again", err=True)
+    except KeyboardInterrupt as e:
+        click.echo(f"[{name}] {interrupt_reason(e)}: its running trial is queued again", err=True)
         sys.exit(130)
     if report.precision_note:
         click.echo(f"[{name}] note: {report.precision_note}")
-    click.echo(f"[{name}] done ({report.stopped}): ran {len(report.outcomes)} trials, "
-               f"{report.count(COMPLETE)} complete, {report.count(PRUNED)} pruned, "
-               f"{report.count(FAILED)} failed")
+    click.echo(f"[{name}] done ({report.stopped}): ran {len(report.outcomes)} trials: "
+               f"{describe_counts(report.counts())}")
 
 
 @click.command("launch")
@@ -126,7 +108,7 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
 
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
     """
-    stop_signals_interrupt()
+    interrupt_on_signals()
     settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
                          sampler=sampler, pruner=pruner, data_dir=data_dir, cv=cv)
     spec = settings.spec
@@ -211,9 +193,11 @@ def status_command(study_name: str, storage: str) -> None:
 
 
 def _print_status(status: StudyStatus) -> None:
-    order = ("complete", "pruned", "failed", "running", "waiting", "lost or interrupted")
-    counts = ", ".join(f"{status.states[k]} {k}" for k in order if status.states.get(k))
-    click.echo(f"study {status.study_name}: {counts or 'no trials yet'}")
+    click.echo(f"study {status.study_name}: {describe_counts(status.states)}")
+    for reason, numbers in status.reasons.items():
+        shown = ", ".join(f"#{n}" for n in numbers[:MAX_REASON_TRIALS])
+        more = f" and {len(numbers) - MAX_REASON_TRIALS} more" if len(numbers) > MAX_REASON_TRIALS else ""
+        click.echo(f"  {reason}: trial{'s' if len(numbers) > 1 else ''} {shown}{more}")
     if status.best is not None:
         click.echo(f"best: trial #{status.best.number}, {status.metric} = {status.best.value:.6g}, "
                    f"{status.best.params}")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 
 from hpsearch.errors import HPSearchError
+from hpsearch.outcomes import Interrupted
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +101,17 @@ def launch(
     try:
         for proc in procs:
             proc.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         interrupted = True
-        _stop(procs, grace)
+        # Pass on the signal the launcher got, so the workers' trials name it.
+        _stop(procs, grace, e.signal_name if isinstance(e, Interrupted) else "SIGINT")
     return LaunchResult([p.returncode for p in procs], interrupted, time.monotonic() - started)
 
 
-def _stop(procs: Sequence[subprocess.Popen[bytes]], grace: float) -> None:
+def _stop(procs: Sequence[subprocess.Popen[bytes]], grace: float, signal_name: str) -> None:
     for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.Signals[signal_name])
     deadline = time.monotonic() + grace
     try:
         for proc in procs:

@@ -22,7 +22,6 @@ import random
 import re
 import statistics
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,16 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
-from hpsearch.runner import ATTR_RESULT, trial_outcome
+from hpsearch.outcomes import (
+    COUNTED,
+    FAILED,
+    INTERRUPTED,
+    LOST,
+    outcome_counts,
+    outcome_reason,
+    trial_outcome,
+)
+from hpsearch.runner import ATTR_RESULT
 
 logger = logging.getLogger(__name__)
 
@@ -263,28 +271,24 @@ def _summary_section(
     return "<section><h2>Study</h2>" + _table(("", ""), rows) + "</section>"
 
 
-def outcome_counts(trials: Sequence[FrozenTrial]) -> Counter[str]:
-    """hpsearch's outcome of each trial, or Optuna's state for trials without one."""
-    return Counter(trial_outcome(t) or t.state.name.lower() for t in trials)
-
-
 def _outcome_section(trials: Sequence[FrozenTrial]) -> str:
     counts = outcome_counts(trials)
     parts = ["<section><h2>Outcomes</h2>"]
     if not trials:
         parts.append("<p>The study has no trials yet.</p></section>")
         return "".join(parts)
-    parts.append(_table(("outcome", "trials"), counts.most_common()))
-    # Group failures that differ only in numbers (the epoch, the learning rate).
-    reasons: dict[str, list[FrozenTrial]] = {}
+    parts.append(_table(("outcome", "trials"), list(counts.items())))
+    # Group reasons that differ only in numbers (the epoch, the learning rate).
+    reasons: dict[tuple[str, str], list[FrozenTrial]] = {}
     for t in trials:
-        if t.state == TrialState.FAIL:
-            reasons.setdefault(_failure_kind(_reason(t)), []).append(t)
+        outcome = trial_outcome(t)
+        if outcome in (FAILED, INTERRUPTED, LOST):
+            reasons.setdefault((outcome, _failure_kind(_reason(t))), []).append(t)
     if reasons:
         rows = sorted(reasons.values(), key=lambda group: -len(group))[:MAX_REASONS]
-        parts.append("<h3>Why trials failed</h3>")
-        parts.append(_table(("reason (first example)", "trials", "trial numbers"), [
-            (_reason(group[0]), len(group),
+        parts.append("<h3>Why trials failed, were interrupted or lost</h3>")
+        parts.append(_table(("outcome", "reason (first example)", "trials", "trial numbers"), [
+            (trial_outcome(group[0]), _reason(group[0]), len(group),
              ", ".join(str(t.number) for t in group[:10]) + (" ..." if len(group) > 10 else ""))
             for group in rows
         ]))
@@ -296,8 +300,7 @@ def _outcome_section(trials: Sequence[FrozenTrial]) -> str:
 
 
 def _reason(trial: FrozenTrial) -> str:
-    result = trial.user_attrs.get(ATTR_RESULT) or {}
-    return str(result.get("reason") or "no reason recorded")[:300]
+    return str(outcome_reason(trial) or "no reason recorded")[:300]
 
 
 def _failure_kind(reason: str) -> str:
@@ -337,17 +340,22 @@ def level_parameters(trials: Sequence[FrozenTrial]) -> dict[str, list[Any]]:
 def parameter_table(
     trials: Sequence[FrozenTrial], name: str, values: Sequence[Any], *, maximize: bool
 ) -> list[tuple[Any, ...]]:
-    """Per value: completed trials, best and median metric, pruned and failed counts."""
+    """Per value: completed trials, best and median metric, pruned and failed counts.
+
+    Only trials that ended on their own count: an interrupted or lost trial was queued again
+    with the same parameters, and its retry counts instead.
+    """
     rows = []
+    ended = [t for t in trials if trial_outcome(t) in COUNTED]
     for value in values:
-        having = [t for t in trials if name in t.params and t.params[name] == value]
+        having = [t for t in ended if name in t.params and t.params[name] == value]
         if not having:
             continue
         scores = [t.value for t in having if t.state == TrialState.COMPLETE and t.value is not None]
         best = (max(scores) if maximize else min(scores)) if scores else "-"
         median = statistics.median(scores) if scores else "-"
         pruned = sum(t.state == TrialState.PRUNED for t in having)
-        failed = sum(t.state == TrialState.FAIL for t in having)
+        failed = sum(trial_outcome(t) == FAILED for t in having)
         rows.append((value, len(scores), best, median, pruned, failed))
     return rows
 
@@ -361,7 +369,8 @@ def _parameter_section(
     parts = ["<section><h2>Metric by parameter value</h2>",
              (f"<p class=\"note\">Every trial counts. Best and median {html.escape(metric)} are "
               "over completed trials; pruned trials stopped early and have no final value, so a "
-              "value with many pruned trials was mostly judged poor by the pruner.</p>")]
+              "value with many pruned trials was mostly judged poor by the pruner. Interrupted "
+              "and lost trials are left out: their parameters were queued again.</p>")]
     for name, values in levels.items():
         rows = parameter_table(trials, name, values, maximize=maximize)
         if rows:

@@ -3,7 +3,8 @@
 This is the only module that connects Optuna to the trainer: it turns a trial into a
 `TrainConfig` through the study module, trains with a per-epoch callback that reports and asks
 the pruner, records what re-runs the trial, and tells Optuna one of four named outcomes:
-complete, pruned, failed (diverged, out of memory, bad config, a bug) or interrupted.
+complete, pruned, failed (diverged, out of memory, bad config, a bug) or interrupted (the words
+are `hpsearch.outcomes`'s).
 
 A cross-validated trial (`RunSettings.cv` = k) trains once per fold (`crossval.train_folds`) and
 reports after each fold the running mean of the fold values, at step = folds done (1..k), which
@@ -13,6 +14,7 @@ is what its pruner compares between trials; its value is the mean over the k fol
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -37,6 +39,15 @@ from hpsearch.crossval import CrossValResult, train_folds
 from hpsearch.data import CV_MAX_TRAIN, DataCache, check_dataset_name, check_folds, load_raw
 from hpsearch.devices import device_name
 from hpsearch.errors import HPSearchError, StudyError
+from hpsearch.outcomes import (  # the words are re-exported here, where callers import them
+    COMPLETE,
+    FAILED,
+    INTERRUPTED,
+    LOST,  # noqa: F401
+    PRUNED,
+    interrupt_reason,
+    outcome_attrs,
+)
 from hpsearch.registry import StudySpec, suggest_config
 from hpsearch.storage import MAX_RETRIES, StorageHandle
 from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult, train
@@ -72,11 +83,6 @@ def finite_json(value: Any) -> Any:
 def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
     """Every trial user attribute hpsearch writes goes through here, as strict JSON."""
     trial.set_user_attr(key, finite_json(value))
-
-
-# Outcomes; a failed trial counts toward the study's budget, an interrupted or lost one does not
-# (it is queued again with the same parameters).
-COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST = "complete", "pruned", "failed", "interrupted", "lost"
 
 
 # Optuna's `studies.study_name` column is VARCHAR(512); SQLite does not enforce it, PostgreSQL does.
@@ -373,8 +379,8 @@ def run_trial(
             set_attr(trial, ATTR_CONFIG, config.to_dict())
             set_attr(trial, ATTR_RUN, run_record(settings, config, device))
             result = train_trial(trial, config, settings, device=device, data=data)
-    except KeyboardInterrupt:
-        finish(TrialState.FAIL, INTERRUPTED, "interrupted by the user")
+    except KeyboardInterrupt as e:
+        finish(TrialState.FAIL, INTERRUPTED, interrupt_reason(e))
         retry(study, handle.storage.get_trial(trial._trial_id))
         raise
     except torch.OutOfMemoryError as e:
@@ -513,6 +519,8 @@ def _finish(
         elif state == TrialState.COMPLETE:
             value = result.final.metric(metric)
     set_attr(trial, ATTR_RESULT, summary)
+    for key, shown in outcome_attrs(outcome, reason).items():
+        set_attr(trial, key, shown)
     try:
         study.tell(trial, value, state=state)
     except RuntimeError as e:
@@ -549,10 +557,18 @@ def _report_cross_validation_scores(trial: optuna.Trial, scores: list[float]) ->
 
 
 def retry(study: optuna.Study, failed: FrozenTrial) -> None:
-    """Queue the parameters of a trial that did not finish through no fault of its own."""
+    """Queue the parameters of a trial that did not finish through no fault of its own.
+
+    Optuna's callback copies every user attribute into the queued trial; the copy would carry
+    the stopped attempt's outcome and worker, so `status` and the dashboard would show a queued
+    trial as interrupted and credit it to the worker that stopped. The queued trial gets the
+    parameters and Optuna's retry history only.
+    """
+    fresh = copy.deepcopy(failed)
+    fresh.user_attrs = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, failed)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, fresh)
 
 
 @contextlib.contextmanager
@@ -590,12 +606,6 @@ def heartbeat(handle: StorageHandle, trial_id: int | Sequence[int]) -> Iterator[
     finally:
         stop.set()
         thread.join()
-
-
-def trial_outcome(trial: FrozenTrial) -> str | None:
-    """The hpsearch outcome recorded on a finished trial, if hpsearch finished it."""
-    result = trial.user_attrs.get(ATTR_RESULT)
-    return result.get("outcome") if isinstance(result, dict) else None
 
 
 def load_existing_study(handle: StorageHandle, study_name: str) -> optuna.Study:

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections import Counter
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpsearch.runner import ATTR_RUN, trial_outcome
+from hpsearch.outcomes import (
+    FAILED,
+    INTERRUPTED,
+    LOST,
+    outcome_counts,
+    outcome_reason,
+    trial_outcome,
+)
+from hpsearch.runner import ATTR_RUN
 
 RECENT_SECONDS = 600.0  # a worker counts as seen recently if it started or ended a trial this lately
+MAX_REASON_TRIALS = 5  # trial numbers listed after each reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,7 +33,8 @@ class WorkerSeen:
 @dataclasses.dataclass(frozen=True)
 class StudyStatus:
     study_name: str
-    states: dict[str, int]  # running, waiting, complete, pruned, failed, lost or interrupted
+    states: dict[str, int]  # trials by outcome (hpsearch.outcomes), in its ORDER
+    reasons: dict[str, list[int]]  # why trials failed, were interrupted or lost: trial numbers
     best: FrozenTrial | None
     metric: str
     workers: list[WorkerSeen]  # seen within RECENT_SECONDS, most recent first
@@ -35,19 +44,16 @@ class StudyStatus:
 def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -> StudyStatus:
     now = now or datetime.datetime.now()
     trials = study.get_trials(deepcopy=False)
-    states: Counter[str] = Counter()
+    reasons: dict[str, list[int]] = {}
     for t in trials:
-        if t.state == TrialState.FAIL:
-            # A failed trial whose worker died (no outcome recorded: the heartbeat or another
-            # worker failed it) or was interrupted was queued again; its config did not fail.
-            states["failed" if trial_outcome(t) == "failed" else "lost or interrupted"] += 1
-        else:
-            states[t.state.name.lower()] += 1
+        if trial_outcome(t) in (FAILED, INTERRUPTED, LOST):
+            reasons.setdefault(str(outcome_reason(t)), []).append(t.number)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = study.best_trial if complete else None
     return StudyStatus(
         study_name=study.study_name,
-        states=dict(states),
+        states=outcome_counts(trials),
+        reasons=reasons,
         best=best,
         metric=study.user_attrs.get("metric", "value"),
         workers=_workers(trials, now),
@@ -58,6 +64,8 @@ def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -
 def _workers(trials: list[FrozenTrial], now: datetime.datetime) -> list[WorkerSeen]:
     seen: dict[str, list[FrozenTrial]] = {}
     for t in trials:
+        if t.state == TrialState.WAITING:
+            continue  # a queued retry is nobody's yet (Optuna's heartbeat retry copies the worker)
         worker = t.user_attrs.get(ATTR_RUN, {}).get("worker")
         if isinstance(worker, dict) and "host" in worker:
             seen.setdefault(f"{worker['host']}:{worker.get('pid')}", []).append(t)

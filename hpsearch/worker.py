@@ -26,10 +26,10 @@ from optuna.trial import TrialState
 from hpsearch.batch_worker import train_batch
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
+from hpsearch.outcomes import COUNTED, ORDER, outcome_attrs, trial_outcome
 from hpsearch.runner import (
     ATTR_RESULT,
     ATTR_RUN,
-    FAILED,
     LOST,
     RunSettings,
     TrialOutcome,
@@ -37,7 +37,6 @@ from hpsearch.runner import (
     open_study,
     retry,
     run_trial,
-    trial_outcome,
 )
 from hpsearch.storage import StorageHandle
 from hpsearch.trainer import SpeedOptions
@@ -62,8 +61,7 @@ class BudgetState:
 def budget_state(study: optuna.Study) -> BudgetState:
     done = running = waiting = 0
     for t in study.get_trials(deepcopy=False):
-        finished = t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        if finished or (t.state == TrialState.FAIL and trial_outcome(t) == FAILED):
+        if trial_outcome(t) in COUNTED:
             done += 1
         elif t.state == TrialState.RUNNING:
             running += 1
@@ -83,6 +81,10 @@ class WorkerReport:
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
+
+    def counts(self) -> dict[str, int]:
+        """This worker's trials by outcome, in `outcomes.ORDER`."""
+        return {word: self.count(word) for word in ORDER if self.count(word)}
 
 
 OnTrial = Callable[[TrialOutcome, BudgetState], None]
@@ -261,6 +263,8 @@ def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]
         reason = f"worker {host}:{worker['pid']} died while running this trial"
         try:
             handle.storage.set_trial_user_attr(t._trial_id, ATTR_RESULT, {"outcome": LOST, "reason": reason})
+            for key, value in outcome_attrs(LOST, reason).items():
+                handle.storage.set_trial_user_attr(t._trial_id, key, value)
             if not handle.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:

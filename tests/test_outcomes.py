@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from html import unescape
 from pathlib import Path
+from typing import Any
 
+import optuna
+import pytest
 from click.testing import CliRunner
+from optuna.trial import TrialState
 
 from hpsearch.cli import main
+from hpsearch.dashboard import make_dashboard_server
+from hpsearch.outcomes import outcome_counts
+from hpsearch.report import build_report, parameter_table
+from hpsearch.storage import open_storage
 
 # Trial 0 diverges (lr 1e6 with SGD): its val_loss reaches NaN before the training loss does.
 DIVERGING_STUDY = '''"""lr 1e6 diverges."""
@@ -48,3 +64,111 @@ def test_a_diverged_trial_is_stored_as_strict_json(cli: CliRunner, tmp_path: Pat
     rerun = cli.invoke(main, ["rerun", "diverging", "0", "--storage", f"sqlite:///{db}"])
     assert rerun.exit_code == 0, rerun.output
     assert "trial 0 of diverging (failed)" in rerun.output
+
+
+# Trials 0 and 1 are quick; trial 2 trains until it is stopped by a signal.
+SLOW_THIRD = '''"""Width and learning rate on iris; trial 2 is slow on purpose."""
+from hpsearch.config import TrainConfig
+
+BASE = TrainConfig(dataset="iris", epochs=2, batch_size=16)
+PRUNER = "none"
+SAMPLER = "random"
+
+def suggest(trial, base):
+    units = trial.suggest_int("units", 4, 16, step=4)
+    lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    return base.replace(hidden=(units,), lr=lr, epochs=100000 if trial.number == 2 else 2)
+'''
+
+
+def _wait_for(predicate, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting for trial 2 to report an epoch")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_interrupted_trial_reads_the_same_everywhere(
+    signum: signal.Signals, cli: CliRunner, tmp_path: Path
+) -> None:
+    module = tmp_path / "slow_third.py"
+    module.write_text(SLOW_THIRD)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    storage = open_storage(url, heartbeat=None).storage
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "worker", str(module), "--trials", "5", "--storage", url,
+         "--device", "cpu"], env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def third_training() -> bool:
+        try:
+            trials = optuna.load_study(study_name="slow_third", storage=storage).trials
+        except KeyError:
+            return False
+        return len(trials) == 3 and len(trials[2].intermediate_values) >= 1
+
+    try:
+        _wait_for(third_training)
+        worker.send_signal(signum)
+        output, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    name = signal.Signals(signum).name
+    assert worker.returncode == 130, output
+    assert f"interrupted by {name}" in output
+
+    study = optuna.load_study(study_name="slow_third", storage=storage)
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE,
+                                         TrialState.FAIL, TrialState.WAITING]
+    stopped, queued = trials[2], trials[3]
+    # What optuna-dashboard lists for the trial: its user attributes, as stored.
+    assert stopped.user_attrs["outcome"] == "interrupted"
+    assert stopped.user_attrs["outcome_reason"] == f"interrupted by {name}"
+    assert queued.params == stopped.params and "outcome" not in queued.user_attrs
+    assert "run" not in queued.user_attrs  # the retry has not run anywhere yet
+    assert outcome_counts(trials) == {"complete": 2, "interrupted": 1, "waiting": 1}
+
+    status = cli.invoke(main, ["status", "slow_third", "--storage", url])
+    assert status.exit_code == 0, status.output
+    assert "study slow_third: 2 complete, 1 interrupted, 1 waiting\n" in status.output
+    assert f"  interrupted by {name}: trial #2" in status.output
+    # The worker ran trials 0, 1 and 2; the queued copy of trial 2 is nobody's yet.
+    assert f":{worker.pid}: 3 trial(s), 0 running" in status.output
+
+    page = unescape(build_report(study).html)
+    assert "<td>interrupted</td><td>1</td>" in page and "<td>waiting</td><td>1</td>" in page
+    assert "<td>failed</td>" not in page
+    assert f"<td>interrupted by {name}</td>" in page
+    # The per-parameter tables count the trials that ended on their own (the retry repeats it).
+    rows = parameter_table(trials, "units", [4, 8, 12, 16], maximize=False)
+    assert sum(row[1] for row in rows) == 2 and all(row[5] == 0 for row in rows)
+
+    # optuna-dashboard's API, as its trial page asks for it: Optuna's "Fail", and the outcome.
+    listed = _dashboard_trials(url)
+    assert listed[2]["state"] == "Fail"
+    assert listed[2]["user_attrs"]["outcome"] == "interrupted"
+    assert listed[2]["user_attrs"]["outcome_reason"] == f"interrupted by {name}"
+    assert listed[3]["state"] == "Waiting" and "outcome" not in listed[3]["user_attrs"]
+
+
+def _dashboard_trials(url: str) -> list[dict[str, Any]]:
+    server = make_dashboard_server(open_storage(url, heartbeat=None), host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as response:
+            (summary,) = json.loads(response.read())["study_summaries"]
+        with urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=30) as response:
+            trials = json.loads(response.read())["trials"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    # Attribute values come as the dashboard shows them: strings.
+    return [{**t, "user_attrs": {a["key"]: a["value"] for a in t["user_attrs"]}} for t in trials]
