@@ -29,14 +29,17 @@ from hpsearch.runner import (
     ATTR_RUN,
     FAILED,
     INTERRUPTED,
+    TAKEN_OVER,
     RunSettings,
     TrialOutcome,
     _finish,
     error_reason,
     heartbeat,
+    report,
     retry,
     run_record,
     set_attr,
+    taken_over,
     tell_result,
     train_trial,
 )
@@ -112,7 +115,9 @@ def _run_batch(
             for pending in batch:
                 if pending.outcome is None:
                     _fail(study, pending, None, INTERRUPTED, interrupt_reason(e), spec.metric)
-                    retry(study, handle.storage.get_trial(pending.trial._trial_id))
+                    assert pending.outcome is not None
+                    if pending.outcome.outcome != TAKEN_OVER:
+                        retry(study, handle.storage.get_trial(pending.trial._trial_id))
             raise
 
 
@@ -121,6 +126,9 @@ def _prepare(study: optuna.Study, pending: _Pending, settings: RunSettings, devi
     try:
         config = suggest_config(settings.spec, trial, settings.base_config(trial.number))
         set_attr(trial, ATTR_CONFIG, config.to_dict())
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pending.outcome = taken_over(trial)
+        return
     except Exception as e:  # noqa: BLE001 - a bug in a study module fails its trial (logged)
         _fail(study, pending, None, FAILED, error_reason(e, [trial.number], device), settings.spec.metric)
         return
@@ -134,6 +142,8 @@ def _record_run(study: optuna.Study, pending: _Pending, settings: RunSettings,
     try:
         record = run_record(settings, pending.config, device, speed=speed, population=population)
         set_attr(pending.trial, ATTR_RUN, record)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pending.outcome = taken_over(pending.trial)
     except Exception as e:  # noqa: BLE001 - the storage failing this write fails the trial (logged)
         _fail(study, pending, None, FAILED, error_reason(e, [pending.trial.number], device),
               settings.spec.metric)
@@ -157,8 +167,9 @@ def _train_group(
     # (about 0.1 ms on SQLite with Optuna's cache, measured by benchmarks/bench_trainer.py).
     ask_pruner = not isinstance(study.pruner, optuna.pruners.NopPruner)
 
-    def report(pending: _Pending, record: EpochRecord) -> bool:
-        pending.trial.report(record.metric(metric), record.epoch)
+    def report_epoch(pending: _Pending, record: EpochRecord) -> bool:
+        if not report(pending.trial, record.metric(metric), record.epoch):
+            return True  # taken over: stop this member alone
         return ask_pruner and pending.trial.should_prune()
 
     try:
@@ -168,7 +179,7 @@ def _train_group(
             results: list[TrainResult | CrossValResult] = list(train_population(
                 configs,  # type: ignore[arg-type]
                 splits, device=device, compile=speed.compile,
-                on_epoch=lambda k, record: report(group[k], record),
+                on_epoch=lambda k, record: report_epoch(group[k], record),
             ))
         else:
             results = [train_trial(group[0].trial, first, settings, device=device, data=data,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -23,7 +24,9 @@ import os
 import platform
 import socket
 import threading
+import time
 import traceback
+import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -83,6 +86,14 @@ def finite_json(value: Any) -> Any:
 def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
     """Every trial user attribute hpsearch writes goes through here, as strict JSON."""
     trial.set_user_attr(key, finite_json(value))
+
+
+# Not a stored outcome: this worker's view of a trial that another worker failed as lost while
+# this one ran it (a pause past the heartbeat grace); the other worker queued it again.
+TAKEN_OVER = "taken over"
+# Trial system attribute: the wall-clock time of the last beat, on storages without Optuna's
+# heartbeat (the journal file).
+ATTR_BEAT = "hpsearch:heartbeat"
 
 
 # Optuna's `studies.study_name` column is VARCHAR(512); SQLite does not enforce it, PostgreSQL does.
@@ -343,7 +354,32 @@ def package_versions() -> dict[str, str]:
 
 
 def worker_identity() -> dict[str, Any]:
-    return {"host": socket.gethostname(), "pid": os.getpid()}
+    """Who runs a trial. A pid means something only to a process with the same host name, boot
+    and PID namespace (containers on the host network, cloned VMs share a host name), so those
+    are recorded with it; `id` tells this process apart from an earlier one with its pid."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "id": _worker_id(pid),
+            "boot_id": _boot_id(), "pid_ns": _pid_namespace()}
+
+
+@functools.cache
+def _worker_id(pid: int) -> str:
+    """A random id per process (keyed by pid, so a forked child gets its own)."""
+    return uuid.uuid4().hex[:16]
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,9 +416,11 @@ def run_trial(
             set_attr(trial, ATTR_RUN, run_record(settings, config, device))
             result = train_trial(trial, config, settings, device=device, data=data)
     except KeyboardInterrupt as e:
-        finish(TrialState.FAIL, INTERRUPTED, interrupt_reason(e))
-        retry(study, handle.storage.get_trial(trial._trial_id))
+        if finish(TrialState.FAIL, INTERRUPTED, interrupt_reason(e)).outcome != TAKEN_OVER:
+            retry(study, handle.storage.get_trial(trial._trial_id))
         raise
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return taken_over(trial)
     except torch.OutOfMemoryError as e:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -412,7 +450,8 @@ def train_trial(
         folds = data.folds(config.dataset, k=settings.cv, split_seed=config.split_seed)
 
         def on_fold(done: int, running_mean: float) -> bool:
-            trial.report(running_mean, done)
+            if not report(trial, running_mean, done):
+                return True
             return ask_pruner and trial.should_prune()
 
         return train_folds(config, folds, metric=metric, device=device, on_fold=on_fold,
@@ -421,11 +460,22 @@ def train_trial(
                       split_seed=config.split_seed)
 
     def on_epoch(record: EpochRecord) -> bool:
-        trial.report(record.metric(metric), record.epoch)
+        if not report(trial, record.metric(metric), record.epoch):
+            return True
         return ask_pruner and trial.should_prune()
 
     return train(config, splits, device=device, on_epoch=on_epoch, speed=speed,
                  record_init_stats=settings.spec.record_init_stats)
+
+
+def report(trial: optuna.Trial, value: float, step: int) -> bool:
+    """Report an intermediate value; False once another worker has taken the trial over, when
+    training should stop (`_finish` then drops the trial)."""
+    try:
+        trial.report(value, step)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+    return True
 
 
 def tell_result(
@@ -508,26 +558,35 @@ def _finish(
             seconds=round(result.seconds, 3),
             n_params=result.n_params,
         )
-        set_attr(trial, ATTR_HISTORY, result.history_dict())
-        if result.init_stats is not None:
-            set_attr(trial, ATTR_INIT_STATS, result.init_stats)
         if isinstance(result, CrossValResult):
-            set_attr(trial, ATTR_CV, result.to_attrs())
             if state == TrialState.COMPLETE:
                 value = result.value
-                _report_cross_validation_scores(trial, result.values)
         elif state == TrialState.COMPLETE:
             value = result.final.metric(metric)
-    set_attr(trial, ATTR_RESULT, summary)
-    for key, shown in outcome_attrs(outcome, reason).items():
-        set_attr(trial, key, shown)
     try:
-        study.tell(trial, value, state=state)
+        if result is not None:
+            set_attr(trial, ATTR_HISTORY, result.history_dict())
+            if result.init_stats is not None:
+                set_attr(trial, ATTR_INIT_STATS, result.init_stats)
+            if isinstance(result, CrossValResult):
+                set_attr(trial, ATTR_CV, result.to_attrs())
+                if state == TrialState.COMPLETE:
+                    _report_cross_validation_scores(trial, result.values)
+        set_attr(trial, ATTR_RESULT, summary)
+        for key, shown in outcome_attrs(outcome, reason).items():
+            set_attr(trial, key, shown)
+        # skip_if_finished: taken over between the attributes above and the tell.
+        told = study.tell(trial, value, state=state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return taken_over(trial)
     except RuntimeError as e:
         # GridSampler calls `study.stop()` once the last grid point is told, which Optuna allows
         # only inside `optimize`; the state is stored by then, and the worker stops on its budget.
         if "Study.stop" not in str(e):
             raise
+    else:
+        if told.state != state:
+            return taken_over(trial)
     if outcome in (FAILED, INTERRUPTED):
         logger.warning("trial %d %s: %s", trial.number, outcome, reason)
     return TrialOutcome(
@@ -556,6 +615,15 @@ def _report_cross_validation_scores(trial: optuna.Trial, scores: list[float]) ->
         report_cross_validation_scores(trial, scores)
 
 
+def taken_over(trial: optuna.Trial) -> TrialOutcome:
+    """The outcome of a trial that another worker failed as lost (and queued again) while this
+    worker still ran it: nothing more is written to it."""
+    reason = ("another worker declared it lost (its heartbeat or its process looked dead, e.g. during "
+              "a long pause) and queued it again")
+    logger.warning("trial %d was taken over: %s; dropping it and going on", trial.number, reason)
+    return TrialOutcome(number=trial.number, outcome=TAKEN_OVER, value=None, reason=reason, seconds=0.0)
+
+
 def retry(study: optuna.Study, failed: FrozenTrial) -> None:
     """Queue the parameters of a trial that did not finish through no fault of its own.
 
@@ -566,6 +634,8 @@ def retry(study: optuna.Study, failed: FrozenTrial) -> None:
     """
     fresh = copy.deepcopy(failed)
     fresh.user_attrs = {}
+    # Our journal beat too: the queued trial would look dead as soon as a worker asks for it.
+    fresh.system_attrs.pop(ATTR_BEAT, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, fresh)
@@ -576,7 +646,8 @@ def heartbeat(handle: StorageHandle, trial_id: int | Sequence[int]) -> Iterator[
     """Record the trial's (or trials') heartbeat while it runs, so a worker that dies is noticed.
 
     Optuna beats only inside `Study.optimize`; hpsearch drives ask/tell itself, so it keeps the
-    beat with the storage's public `record_heartbeat`. A failed beat (the database restarting)
+    beat with the storage's public `record_heartbeat`, and on the journal, which has no
+    heartbeat, with a trial system attribute (`ATTR_BEAT`). A failed beat (the database restarting)
     is logged and tried again at the next interval rather than ending the trial. One thread beats
     for all the trials of a population, so their beats do not contend for the database.
     """
@@ -586,14 +657,23 @@ def heartbeat(handle: StorageHandle, trial_id: int | Sequence[int]) -> Iterator[
         yield
         return
     storage = handle.storage
-    assert isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat)
     stop = threading.Event()
+
+    def record(one: int) -> None:
+        if handle.kind == "journal":
+            # Optuna's journal has no heartbeat; this beat is read by `worker.recover_lost_trials`.
+            storage.set_trial_system_attr(one, ATTR_BEAT, round(time.time(), 3))
+        else:
+            assert isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat)
+            storage.record_heartbeat(one)
 
     def beat() -> None:
         while True:
-            for one in trial_ids:
+            for one in list(trial_ids):
                 try:
-                    storage.record_heartbeat(one)
+                    record(one)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    trial_ids.remove(one)  # taken over by another worker; the trainer finds out
                 except Exception as e:  # noqa: BLE001 - keep beating through transient errors
                     logger.warning("heartbeat of trial id %d failed: %s", one, e)
             if stop.wait(interval):

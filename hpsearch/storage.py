@@ -54,6 +54,8 @@ class StorageHandle:
     kind: str  # "sqlite", "postgresql" or "journal"
     storage: optuna.storages.BaseStorage
     path: Path | None = None  # the file behind sqlite and journal storages
+    # Seconds between hpsearch's own beats on the journal, which has no heartbeat of its own.
+    journal_heartbeat: int | None = None
 
     @property
     def rdb(self) -> optuna.storages.RDBStorage | None:
@@ -63,7 +65,8 @@ class StorageHandle:
 
     @property
     def heartbeat_interval(self) -> int | None:
-        return self.rdb.heartbeat_interval if self.rdb is not None else None
+        """Seconds between beats of a running trial; a trial silent for 3 of them is lost."""
+        return self.rdb.heartbeat_interval if self.rdb is not None else self.journal_heartbeat
 
     def parallel_hint(self) -> str:
         """Where to go from a SQLite file when several workers should share a study."""
@@ -159,7 +162,9 @@ def open_storage(url: str | None, *, heartbeat: int | None | str = "default") ->
     assert heartbeat is None or isinstance(heartbeat, int)
     url = (url or DEFAULT_STORAGE).strip()
     if url.startswith("journal:"):
-        return _open_journal(url)
+        handle = _open_journal(url)
+        handle.journal_heartbeat = heartbeat
+        return handle
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError as e:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import socket
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -28,6 +28,7 @@ from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
 from hpsearch.outcomes import COUNTED, ORDER, outcome_attrs, trial_outcome
 from hpsearch.runner import (
+    ATTR_BEAT,
     ATTR_RESULT,
     ATTR_RUN,
     LOST,
@@ -37,6 +38,7 @@ from hpsearch.runner import (
     open_study,
     retry,
     run_trial,
+    worker_identity,
 )
 from hpsearch.storage import StorageHandle
 from hpsearch.trainer import SpeedOptions
@@ -245,22 +247,23 @@ def _ask(study: optuna.Study) -> optuna.Trial:
 def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]:
     """Fail, and queue again, running trials whose worker is gone; return their numbers.
 
-    Two ways to know: Optuna's heartbeat (RDB storages: no beat for the grace period), and, for
-    workers on this host, a process id that no longer exists, which also covers the journal
-    backend that has no heartbeat.
+    Three ways to know: Optuna's heartbeat (RDB storages: no beat for the grace period); on the
+    journal, which has none, hpsearch's own beat (`runner.ATTR_BEAT`, a trial system attribute)
+    older than 3 intervals, which needs the hosts' clocks to agree within that; and, for a worker
+    whose pid is meaningful here (same host name, boot and PID namespace), a pid that no longer
+    exists, which is noticed at once.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    host, me = socket.gethostname(), os.getpid()
+    me = worker_identity()
+    interval = handle.heartbeat_interval if handle.kind == "journal" else None
+    grace = 3 * interval if interval else None
     lost = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get(ATTR_RUN, {}).get("worker", {})
-        if worker.get("host") != host or worker.get("pid") in (None, me):
+        reason = _lost_reason(t, me, grace=grace, now=time.time())
+        if reason is None:
             continue
-        if _process_alive(int(worker["pid"])):
-            continue
-        reason = f"worker {host}:{worker['pid']} died while running this trial"
         try:
             handle.storage.set_trial_user_attr(t._trial_id, ATTR_RESULT, {"outcome": LOST, "reason": reason})
             for key, value in outcome_attrs(LOST, reason).items():
@@ -273,6 +276,26 @@ def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]
         retry(study, handle.storage.get_trial(t._trial_id))
         lost.append(t.number)
     return lost
+
+
+def _lost_reason(
+    trial: optuna.trial.FrozenTrial, me: dict[str, Any], *, grace: float | None, now: float
+) -> str | None:
+    """Why the running `trial` has no live worker, or None while it may have one."""
+    worker = trial.user_attrs.get(ATTR_RUN, {}).get("worker", {})
+    if worker and worker.get("id") == me["id"]:
+        return None
+    who = f"{worker.get('host')}:{worker.get('pid')}"
+    # kill(pid, 0) answers for this PID namespace only; elsewhere the same number is another
+    # process, so a pid from another boot or namespace is left to the heartbeat.
+    same_pids = all(worker.get(key) is not None and worker.get(key) == me[key]
+                    for key in ("host", "boot_id", "pid_ns"))
+    if same_pids and (worker.get("pid") == me["pid"] or not _process_alive(int(worker["pid"]))):
+        return f"worker {who} died while running this trial"
+    beat = trial.system_attrs.get(ATTR_BEAT)
+    if grace is not None and isinstance(beat, (int, float)) and now - beat > grace:
+        return f"worker {who} sent no heartbeat for {now - beat:.0f} s (grace {grace:.0f} s)"
+    return None
 
 
 def _process_alive(pid: int) -> bool:

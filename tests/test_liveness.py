@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
+import time
 
 import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
+from hpsearch import batch_worker, runner
 from hpsearch.registry import load_study
-from hpsearch.runner import open_study, resolve_settings, study_attrs
+from hpsearch.runner import (
+    ATTR_BEAT,
+    heartbeat,
+    open_study,
+    resolve_settings,
+    retry,
+    study_attrs,
+    worker_identity,
+)
 from hpsearch.storage import open_storage
-from hpsearch.worker import budget_state, run_worker
+from hpsearch.worker import budget_state, recover_lost_trials, run_worker
 
 CPU = torch.device("cpu")
 
@@ -59,3 +71,116 @@ def test_a_study_whose_creator_died_midway_is_completed_by_the_next_worker(postg
     study = optuna.load_study(study_name="quickstart", storage=postgres_url)
     assert study.user_attrs.items() >= study_attrs(settings).items()
     assert len(report.outcomes) == 1 and budget_state(study).done == 1
+
+
+# --- which running trials are lost: pid only within one PID namespace, else the heartbeat ----
+
+
+def _gone_pid() -> int:
+    """A pid that no process here has (that of a child that has exited and been reaped)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def _running_trial(study: optuna.Study, worker: dict[str, object]) -> optuna.Trial:
+    trial = study.ask()
+    trial.suggest_float("lr", 1e-3, 1e-2, log=True)
+    trial.set_user_attr("run", {"worker": worker})
+    return trial
+
+
+@pytest.mark.parametrize(
+    ("differs", "lost"),
+    [(None, True), ("pid_ns", False), ("boot_id", False)],
+)
+def test_a_pid_counts_only_in_the_same_host_boot_and_pid_namespace(
+    differs: str | None, lost: bool, sqlite_url: str
+) -> None:
+    handle = open_storage(sqlite_url)
+    study = open_study(handle, _quickstart())
+    # Same host name, the pid of no process here: another container on the host network, or a
+    # cloned VM, whose worker is alive and beating.
+    worker: dict[str, object] = {**worker_identity(), "pid": _gone_pid(), "id": "another-worker"}
+    if differs is not None:
+        worker[differs] = "something else"
+    trial = _running_trial(study, worker)
+    assert recover_lost_trials(study, handle) == ([trial.number] if lost else [])
+    state = study.get_trials()[trial.number].state
+    assert state == (TrialState.FAIL if lost else TrialState.RUNNING)
+
+
+def test_a_journal_trial_of_a_dead_worker_on_another_host_is_recovered_by_its_heartbeat(
+    journal_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HPSEARCH_HEARTBEAT_SECONDS", "1")
+    handle = open_storage(journal_url)
+    settings = _quickstart()
+    study = open_study(handle, settings)
+    elsewhere = {"host": "container2", "pid": 1, "id": "x", "boot_id": "y", "pid_ns": 1}
+    orphan = _running_trial(study, elsewhere)
+    handle.storage.set_trial_system_attr(orphan._trial_id, ATTR_BEAT, time.time() - 3.5)
+    alive = _running_trial(study, elsewhere)  # beating: must be left alone
+    handle.storage.set_trial_system_attr(alive._trial_id, ATTR_BEAT, time.time())
+    assert recover_lost_trials(study, handle) == [orphan.number]
+    study.tell(alive, 0.5)
+
+    started = time.monotonic()
+    report = run_worker(handle, settings, trials=3, device=CPU, timeout=60)
+    assert report.stopped == "budget" and time.monotonic() - started < 30
+    trials = study.get_trials()
+    assert trials[orphan.number].user_attrs["result"]["outcome"] == "lost"
+    assert "no heartbeat" in trials[orphan.number].user_attrs["result"]["reason"]
+    retried = [t for t in trials if t.params == orphan.params and t.state == TrialState.COMPLETE]
+    assert len(retried) == 1 and budget_state(study).done == 3
+    # The retry carries neither the dead worker's record nor its last beat.
+    assert retried[0].user_attrs["run"]["worker"]["id"] == worker_identity()["id"]
+
+
+def test_the_journal_heartbeat_is_written_while_a_trial_runs(journal_url: str) -> None:
+    handle = open_storage(journal_url, heartbeat=1)
+    study = open_study(handle, _quickstart())
+    trial = study.ask()
+    with heartbeat(handle, trial._trial_id):
+        time.sleep(1.5)
+    beats = study.get_trials()[0].system_attrs[ATTR_BEAT]
+    assert time.time() - 3 < beats <= time.time()
+
+
+# --- a worker whose trial another worker failed drops it and goes on ------------------------
+
+
+def _fail_from_outside(url: str) -> None:
+    """What another worker's `recover_lost_trials` does to a trial it thinks is lost."""
+    other = open_storage(url, heartbeat=None)
+    study = optuna.load_study(study_name="quickstart", storage=other.storage)
+    victim = min(study.get_trials(states=(TrialState.RUNNING,)), key=lambda t: t.number)
+    other.storage.set_trial_state_values(victim._trial_id, state=TrialState.FAIL)
+    retry(study, other.storage.get_trial(victim._trial_id))
+
+
+@pytest.mark.parametrize("population", [1, 2])
+def test_a_worker_whose_trial_is_taken_over_drops_it_and_finishes_the_budget(
+    population: int, storage_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    done: list[bool] = []
+
+    def hooked(train):  # type: ignore[no-untyped-def]
+        def run(*args, on_epoch, **kwargs):  # type: ignore[no-untyped-def]
+            def epoch(*epoch_args):  # type: ignore[no-untyped-def]
+                if not done:
+                    done.append(True)
+                    _fail_from_outside(storage_url)
+                return on_epoch(*epoch_args)
+            return train(*args, on_epoch=epoch, **kwargs)
+        return run
+
+    monkeypatch.setattr(runner, "train", hooked(runner.train))
+    monkeypatch.setattr(batch_worker, "train_population", hooked(batch_worker.train_population))
+    handle = open_storage(storage_url)
+    settings = resolve_settings(load_study("quickstart"), epochs=2, pruner="none")
+    report = run_worker(handle, settings, trials=3, device=CPU, population=population)
+    study = optuna.load_study(study_name="quickstart", storage=open_storage(storage_url).storage)
+    assert done and report.count("taken over") == 1
+    assert budget_state(study).done == 3 and "was taken over" in caplog.text
+    assert [t.state for t in study.trials].count(TrialState.RUNNING) == 0

@@ -15,8 +15,7 @@ from hpsearch.cli import main
         ("postgresql://postgres:secret@127.0.0.1:abc/x", None,
          "storage URL 'postgresql://postgres:***@127.0.0.1:abc/x': the port is not a number"),
         # libpq would connect to a database named after the OS user and create tables there.
-        ("postgresql://", None, "storage 'postgresql://' names no database; give one: "
-                                "postgresql://USER@HOST:PORT/DB"),
+        ("postgresql://", None, "storage 'postgresql://' names no database; give one: postgresql://"),
         ("postgresql://postgres@127.0.0.1:5432", None, "names no database"),
         ("{pg}", "n" * 513, "is 513 characters; PostgreSQL storage keeps at most 512"),
     ],
