@@ -33,6 +33,7 @@ from hpsearch.runner import (
     RunSettings,
     TrialOutcome,
     _finish,
+    data_record,
     error_reason,
     heartbeat,
     report,
@@ -105,7 +106,8 @@ def _run_batch(
                 # A stack trains in float32 (bf16 autocast is for trials trained alone).
                 used = speed if len(group) == 1 else SpeedOptions(compile=speed.compile)
                 for pending in group:
-                    _record_run(study, pending, settings, device, speed=used, population=len(group))
+                    _record_run(study, pending, settings, device, speed=used, population=len(group),
+                                data=data)
             for group in groups.values():
                 group = [p for p in group if p.outcome is None]
                 if group:
@@ -136,11 +138,15 @@ def _prepare(study: optuna.Study, pending: _Pending, settings: RunSettings, devi
 
 
 def _record_run(study: optuna.Study, pending: _Pending, settings: RunSettings,
-                device: torch.device, *, speed: SpeedOptions, population: int) -> None:
-    """`runner.run_record`, with the speed options used and the size of the trial's stack."""
-    assert pending.config is not None
+                device: torch.device, *, speed: SpeedOptions, population: int,
+                data: DataCache) -> None:
+    """`runner.run_record`, with the speed options used, the size of the trial's stack and the
+    provenance of its data."""
+    config = pending.config
+    assert config is not None
     try:
-        record = run_record(settings, pending.config, device, speed=speed, population=population)
+        record = run_record(settings, config, device, speed=speed, population=population,
+                            data=data_record(settings, config, data))
         set_attr(pending.trial, ATTR_RUN, record)
     except optuna.exceptions.UpdateFinishedTrialError:
         pending.outcome = taken_over(pending.trial)

@@ -19,6 +19,7 @@ from hpsearch import __version__
 from hpsearch.cli_options import (
     RUN_THREADS,
     OutputFile,
+    allow_other_data_option,
     describe,
     invoked_as,
     prepare_run,
@@ -43,6 +44,7 @@ from hpsearch.dashboard import (
     is_loopback,
     make_dashboard_server,
 )
+from hpsearch.data import describe_data
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
 from hpsearch.export import export_document, load_exported, write_document
@@ -110,8 +112,9 @@ def studies_command() -> None:
 @threads_option(default=RUN_THREADS)
 def run_command(study: str, trials: int | None, timeout: float | None, storage: str, study_name: str | None,
                 dataset: str | None, data_dir: Path | None, epochs: int | None, device: str, seed: int,
-                sampler: str | None, pruner: str | None, cv: int | None, population: int,
-                compile_: bool, bf16: bool, allow_mixed_precision: bool, threads: int) -> None:
+                sampler: str | None, pruner: str | None, cv: int | None, allow_other_data: bool,
+                population: int, compile_: bool, bf16: bool, allow_mixed_precision: bool,
+                threads: int) -> None:
     """Create or resume STUDY and run trials until it holds --trials finished ones.
 
     STUDY is a built-in module (see `hpsearch studies`) or a path to your own. Interrupt with
@@ -122,7 +125,7 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     settings, torch_device, handle, budget = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
         dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
-        data_dir=data_dir, cv=cv)
+        data_dir=data_dir, cv=cv, allow_other_data=allow_other_data)
     spec = settings.spec
     folds = f", {settings.cv}-fold cross-validation" if settings.cv else ""
     click.echo(f"study {settings.study_name} ({spec.name} on {settings.dataset}, {settings.epochs} "
@@ -245,11 +248,13 @@ def report_command(study_name: str, storage: str, output: Path) -> None:
               help="How many of the best completed trials to export.")
 @click.option("-o", "--output", type=OutputFile(),
                default=Path("best.yaml"), show_default=True, help="YAML file, or JSON by extension.")
-def export_command(study_name: str, storage: str, top: int, output: Path) -> None:
+@allow_other_data_option
+def export_command(study_name: str, storage: str, top: int, output: Path,
+                   allow_other_data: bool) -> None:
     """Write the best configs of STUDY_NAME, ready for `hpsearch final`."""
     handle = open_storage(storage, heartbeat=None)
     document = export_document(load_existing_study(handle, study_name), top=top,
-                               storage_url=handle.url)
+                               storage_url=handle.url, allow_other_data=allow_other_data)
     write_document(document, output)
     click.echo(f"wrote {len(document['configs'])} config(s) to {output}")
     for entry in document["configs"]:
@@ -270,8 +275,9 @@ def export_command(study_name: str, storage: str, top: int, output: Path) -> Non
 @click.option("-o", "--output", type=OutputFile(),
                default=Path("final.json"), show_default=True,
                help="JSON file; the Markdown tables go beside it (.md).")
+@allow_other_data_option
 def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | None,
-                  output: Path) -> None:
+                  output: Path, allow_other_data: bool) -> None:
     """Train each exported config on the full training set and test it, with intervals."""
     entries = load_exported(export_file)
     torch_device = resolve_device(device)
@@ -287,8 +293,14 @@ def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | N
                    f"(95% CI {100 * low:.2f}-{100 * high:.2f}%), {run['epochs']} epochs, "
                    f"{run['seconds']:.1f} s")
 
+    def on_data(label: str, data: dict[str, Any], note: str | None) -> None:
+        click.echo(f"  {label}: data {describe_data(data)}")
+        if note:
+            click.echo(f"  note: {note}")
+
     document = run_final(entries, seeds=seeds, device=torch_device, data_dir=data_dir,
-                         export_path=export_file, on_run=on_run)
+                         export_path=export_file, on_run=on_run, on_data=on_data,
+                         allow_other_data=allow_other_data)
     table = markdown(document)
     output.write_text(json.dumps(document) + "\n")
     output.with_suffix(".md").write_text(table)
@@ -305,8 +317,9 @@ def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | N
               help=f"{DEVICE_HELP} [the device the trial ran on, if this machine has it]")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
               help="Folder holding data files (env HPSEARCH_DATA_DIR).")
+@allow_other_data_option
 def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
-                  data_dir: Path | None) -> None:
+                  data_dir: Path | None, allow_other_data: bool) -> None:
     """Train trial TRIAL of STUDY_NAME again from its stored config and compare the metric."""
     study = load_existing_study(open_storage(storage, heartbeat=None), study_name)
     stored_device = next((t.user_attrs.get("run", {}).get("device")
@@ -320,13 +333,18 @@ def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
             torch_device = resolve_device("auto")
     else:
         torch_device = resolve_device(device)
-    rerun = rerun_trial(study, trial, device=torch_device, data_dir=data_dir)
+    rerun = rerun_trial(study, trial, device=torch_device, data_dir=data_dir,
+                        allow_other_data=allow_other_data)
     stored = rerun.stored_run
     stored_precision = "bf16" if (stored.get("speed") or {}).get("bf16") else "float32"
     click.echo(f"trial {trial} of {study_name} ({rerun.stored_result.get('outcome', '?')}), seed "
                f"{rerun.config.seed}, {rerun.config.dataset}; stored on "
                f"{stored.get('device_name', '?')} in {stored_precision}, rerun on "
                f"{device_name(torch_device)} in {rerun.speed.precision}")
+    click.echo(f"  data stored: {describe_data(stored.get('data'))}")
+    click.echo(f"  data now:    {describe_data(rerun.data)}")
+    if rerun.data_note:
+        click.echo(f"  note: {rerun.data_note}")
     for package, (before, now) in rerun.version_changes.items():
         click.echo(f"  note: {package} was {before}, is now {now}")
     for note in rerun.notes:

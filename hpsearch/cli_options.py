@@ -45,6 +45,13 @@ class OutputFile(click.Path):
         return path
 
 
+allow_other_data_option = click.option(
+    "--allow-other-data", is_flag=True,
+    help="Go on when the data's content hash differs from the one the study (or export file, or "
+         "trial) recorded; it is refused otherwise, since results on other data do not compare.",
+)
+
+
 def study_options(func: Any) -> Any:
     """Options shared by `run` and `worker`: which study, on what data, on which device."""
     options = [
@@ -64,6 +71,7 @@ def study_options(func: Any) -> Any:
                      help="Score each trial by its mean validation value over K stratified folds "
                           "(K trainings per trial; 0 or 1: one validation split) [module's CV, "
                           "on data sets under 2,000 training examples]."),
+        allow_other_data_option,
     ]
     for option in reversed(options):
         func = option(func)

@@ -22,7 +22,7 @@ from hpsearch.cli_options import (
     study_options,
     threads_option,
 )
-from hpsearch.data import DataCache
+from hpsearch.data import DataCache, describe_data
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
 from hpsearch.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
@@ -30,6 +30,7 @@ from hpsearch.parallel import launch, parse_gpus, plan_workers
 from hpsearch.runner import (
     ATTR_RUN,
     TrialOutcome,
+    data_record,
     load_existing_study,
     open_study,
 )
@@ -49,8 +50,8 @@ from hpsearch.worker import BudgetState, check_precision, run_worker
 def worker_command(study: str, trials: int | None, timeout: float | None, storage: str,
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, cv: int | None, population: int, compile_: bool,
-                   bf16: bool, allow_mixed_precision: bool, worker_index: int | None,
+                   pruner: str | None, cv: int | None, allow_other_data: bool, population: int,
+                   compile_: bool, bf16: bool, allow_mixed_precision: bool, worker_index: int | None,
                    threads: int | None) -> None:
     """Join STUDY (creating it if needed) and run trials until it holds --trials finished ones.
 
@@ -65,7 +66,7 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     settings, torch_device, handle, budget = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
         dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
-        data_dir=data_dir, cv=cv)
+        data_dir=data_dir, cv=cv, allow_other_data=allow_other_data)
     name = f"w{worker_index}" if worker_index is not None else f"{socket.gethostname()}:{os.getpid()}"
     # Workers with one sampler seed would draw the same startup points; spread them by index.
     sampler_seed = seed * 10_007 + worker_index if worker_index is not None else None
@@ -101,8 +102,8 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
 def launch_command(study: str, trials: int | None, timeout: float | None, storage: str,
                    study_name: str | None, dataset: str | None, data_dir: Path | None,
                    epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, cv: int | None, population: int, compile_: bool,
-                   bf16: bool, allow_mixed_precision: bool, workers: int | None,
+                   pruner: str | None, cv: int | None, allow_other_data: bool, population: int,
+                   compile_: bool, bf16: bool, allow_mixed_precision: bool, workers: int | None,
                    gpus: str | None, per_gpu: int) -> None:
     """Start local workers of STUDY, one per GPU (or CPU workers), and wait for them.
 
@@ -110,7 +111,8 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
     """
     interrupt_on_signals()
     settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
-                         sampler=sampler, pruner=pruner, data_dir=data_dir, cv=cv)
+                         sampler=sampler, pruner=pruner, data_dir=data_dir, cv=cv,
+                         allow_other_data=allow_other_data)
     spec = settings.spec
     gpu_list = _launch_gpus(gpus, device)
     plans = plan_workers(workers=workers, gpus=gpu_list, per_gpu=per_gpu,
@@ -123,9 +125,11 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
         )
     # Load the data once here: a missing data set is one error, and a download happens once.
     base = settings.base_config(0)
-    DataCache(settings.data_dir, torch.device("cpu")).get(
-        base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
-    study_obj = open_study(handle, settings, sampler_seed=seed)  # create it once, not K times
+    cache = DataCache(settings.data_dir, torch.device("cpu"))
+    cache.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
+    # Create it once, not K times; each worker checks its own data against it again.
+    study_obj = open_study(handle, settings, sampler_seed=seed,
+                           data=data_record(settings, base, cache))
     # Refuse a precision the study does not keep here, once, not in each worker.
     check_precision(study_obj, speed_from(compile_, bf16) or SpeedOptions(),
                     allow_mixed=allow_mixed_precision)
@@ -147,6 +151,7 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
         args += ["--timeout", str(timeout)]
     if data_dir:
         args += ["--data-dir", str(data_dir)]
+    args += ["--allow-other-data"] * allow_other_data
     result = launch(plans, args)
     click.echo(f"\nworkers exited with {result.exit_codes} after {result.seconds:.1f} s"
                + (" (interrupted)" if result.interrupted else ""))
@@ -194,6 +199,9 @@ def status_command(study_name: str, storage: str) -> None:
 
 def _print_status(status: StudyStatus) -> None:
     click.echo(f"study {status.study_name}: {describe_counts(status.states)}")
+    click.echo(f"data: {describe_data(status.data)}")
+    if status.on_other_data:
+        click.echo(f"  {status.on_other_data} trial(s) ran on other data (--allow-other-data)")
     for reason, numbers in status.reasons.items():
         shown = ", ".join(f"#{n}" for n in numbers[:MAX_REASON_TRIALS])
         more = f" and {len(numbers) - MAX_REASON_TRIALS} more" if len(numbers) > MAX_REASON_TRIALS else ""

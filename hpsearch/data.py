@@ -11,21 +11,94 @@ each standardised on its own training part.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import re
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from hpsearch.data_files import (
+    combined_sha256,
+    extract_tar_safely,
+    file_sha256,
+    idx_sha256,
+    unpack_once,
+)
 from hpsearch.errors import DataError, choices_hint
 
 logger = logging.getLogger(__name__)
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+    """Where a data set came from and a fingerprint of its content, to tell two apart."""
+
+    kind: str  # "folder", "download" (torchvision's, in its own layout) or "built-in"
+    location: str  # the folder read, or what generated the data
+    sha256: str  # of the files' content (decompressed) in a fixed order, or of the tensors
+    files: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name: SHA-256
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "location": self.location, "sha256": self.sha256,
+                "files": dict(self.files)}
+
+    @staticmethod
+    def from_dict(record: Any) -> DataSource | None:
+        """The source in a stored record, or None for records written before there was one."""
+        if not isinstance(record, Mapping) or not isinstance(record.get("sha256"), str):
+            return None
+        return DataSource(kind=str(record.get("kind")), location=str(record.get("location")),
+                          sha256=record["sha256"], files=dict(record.get("files") or {}))
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.location} (sha256 {self.sha256[:16]})"
+
+
+def describe_data(record: Any) -> str:
+    """One line for a stored data record (`Splits.provenance`): source, hash and sizes."""
+    source = DataSource.from_dict(record)
+    if source is None:
+        return "not recorded (stored before hpsearch recorded its data)"
+    sizes = record.get("sizes") or {}
+    shown = ", ".join(f"{k} {v}" for k, v in sizes.items() if v is not None)
+    if shown and record.get("folds"):
+        shown += f" in each of {record['folds']} folds"
+    return f"{source.describe()}" + (f"; {shown}" if shown else "")
+
+
+def check_same_data(
+    recorded: Any,
+    now: DataSource,
+    *,
+    recorded_by: str,
+    allow_other_data: bool,
+    now_by: str = "the data loaded now",
+    fix: str = "pass --data-dir with the data it recorded",
+) -> str | None:
+    """Refuse to mix data: `recorded` (a stored data record) must have `now`'s content hash.
+
+    Returns a note for the output when they differ and `allow_other_data` permits it, or when
+    nothing was recorded; None when they agree.
+    """
+    stored = DataSource.from_dict(recorded)
+    if stored is None:
+        return f"{recorded_by} records no data fingerprint (made before hpsearch recorded one); not checked"
+    if stored.sha256 == now.sha256:
+        return None
+    difference = (f"{recorded_by} recorded data with sha256 {stored.sha256} ({stored.kind} "
+                  f"{stored.location}), but {now_by} has sha256 {now.sha256} ({now.kind} "
+                  f"{now.location})")
+    if not allow_other_data:
+        raise DataError(f"{difference}; {fix}, or --allow-other-data to go on anyway (results on "
+                        "other data do not compare)")
+    return f"{difference}; going on because of --allow-other-data"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +113,7 @@ class RawData:
     # Parity asks whether a network can represent the function at all, so every pattern is
     # in train, validation and test alike.
     memorise: bool = False
+    source: DataSource | None = None  # None from a registered loader; load_raw fills it in
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +137,13 @@ class Splits:
     val: Split | None  # None in the final evaluation, which trains on train + validation
     test: Split | None  # None during a search, which must never look at the test set
     classes: tuple[str, ...]
+    source: DataSource | None = None
+
+    def provenance(self) -> dict[str, Any]:
+        """What a trial or a final run records about its data: the source and the split sizes."""
+        sizes = {"train": len(self.train), "val": len(self.val) if self.val is not None else None,
+                 "test": len(self.test) if self.test is not None else None}
+        return {**(self.source.to_dict() if self.source else {}), "sizes": sizes}
 
     @property
     def num_classes(self) -> int:
@@ -116,9 +197,22 @@ def download_allowed() -> bool:
 def load_raw(name: str, data_dir: Path | None = None) -> RawData:
     bits = _parity_bits(name)
     if bits is not None:
-        return _parity(bits)
+        return _with_tensor_source(_parity(bits), f"generated {name}")
     check_dataset_name(name)
-    return _LOADERS[name](Path(data_dir) if data_dir else default_data_dir(), download_allowed())
+    loader = _LOADERS[name]
+    raw = loader(Path(data_dir) if data_dir else default_data_dir(), download_allowed())
+    if raw.source is None:
+        raw = _with_tensor_source(raw, f"loader {loader.__module__}.{loader.__qualname__}")
+    return raw
+
+
+def _with_tensor_source(raw: RawData, location: str) -> RawData:
+    """Data made in memory is fingerprinted by its tensors (shapes, dtypes and bytes)."""
+    digest = hashlib.sha256()
+    for t in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
+        digest.update(f"{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.contiguous().numpy().tobytes())
+    return dataclasses.replace(raw, source=DataSource("built-in", location, digest.hexdigest()))
 
 
 def make_splits(
@@ -132,7 +226,7 @@ def make_splits(
     else:
         train, val = _split_off_validation(raw, val_fraction, split_seed)
         test = None
-    return _standardised(name, raw.classes, train, val, test, final=final)
+    return _standardised(name, raw.classes, train, val, test, final=final, source=raw.source)
 
 
 # Cross-validation is for sets where one validation split is too small to rank trials: under
@@ -155,7 +249,8 @@ def make_folds(raw: RawData, *, name: str, k: int, split_seed: int) -> list[Spli
         train_idx, val_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
         train = Split(raw.train_x[train_idx], raw.train_y[train_idx])
         val = Split(raw.train_x[val_idx], raw.train_y[val_idx])
-        folds.append(_standardised(name, raw.classes, train, val, None, final=False))
+        folds.append(_standardised(name, raw.classes, train, val, None, final=False,
+                                   source=raw.source))
     return folds
 
 
@@ -177,7 +272,7 @@ def check_folds(raw: RawData, *, name: str, k: int) -> None:
 
 def _standardised(
     name: str, classes: tuple[str, ...], train: Split, val: Split | None, test: Split | None, *,
-    final: bool,
+    final: bool, source: DataSource | None,
 ) -> Splits:
     mean, std = _standardisation(train.x)
 
@@ -194,6 +289,7 @@ def _standardised(
         val=None if final else scale(val),
         test=scale(test) if final else None,
         classes=classes,
+        source=source,
     )
 
 
@@ -281,20 +377,23 @@ def _parity(bits: int) -> RawData:
     return RawData(x, y, x, y, classes=("even", "odd"), memorise=True)
 
 
-def _sklearn_split(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...]) -> RawData:
+def _sklearn_split(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], *, what: str) -> RawData:
     """scikit-learn's toy sets have no official test set; hold out 20%, stratified, seed 0."""
     from sklearn.model_selection import train_test_split
 
     x_train, x_test, y_train, y_test = train_test_split(
         x, y, test_size=0.2, random_state=0, stratify=y
     )
-    return RawData(
+    import sklearn
+
+    raw = RawData(
         torch.as_tensor(x_train, dtype=torch.float32),
         torch.as_tensor(y_train, dtype=torch.long),
         torch.as_tensor(x_test, dtype=torch.float32),
         torch.as_tensor(y_test, dtype=torch.long),
         classes=classes,
     )
+    return _with_tensor_source(raw, f"scikit-learn {sklearn.__version__} {what}")
 
 
 @register_dataset("iris")
@@ -302,7 +401,7 @@ def _iris(data_dir: Path, download: bool) -> RawData:
     from sklearn.datasets import load_iris
 
     bunch = load_iris()
-    return _sklearn_split(bunch.data, bunch.target, tuple(bunch.target_names))
+    return _sklearn_split(bunch.data, bunch.target, tuple(bunch.target_names), what="load_iris")
 
 
 @register_dataset("digits")
@@ -311,50 +410,48 @@ def _digits(data_dir: Path, download: bool) -> RawData:
 
     bunch = load_digits()
     images = bunch.images.reshape(-1, 1, 8, 8)
-    return _sklearn_split(images, bunch.target, tuple(str(c) for c in bunch.target_names))
+    return _sklearn_split(images, bunch.target, tuple(str(c) for c in bunch.target_names),
+                          what="load_digits")
 
 
-_IDX_FILES = (
-    "train-images-idx3-ubyte",
-    "train-labels-idx1-ubyte",
-    "t10k-images-idx3-ubyte",
-    "t10k-labels-idx1-ubyte",
-)
+# The four IDX files and their number of dimensions (images N x 28 x 28, labels N).
+_IDX_FILES = {
+    "train-images-idx3-ubyte": 3,
+    "train-labels-idx1-ubyte": 1,
+    "t10k-images-idx3-ubyte": 3,
+    "t10k-labels-idx1-ubyte": 1,
+}
 
 
 def _load_mnist_style(
     name: str, dataset_cls: type, data_dir: Path, download: bool, extra_dirs: tuple[Path, ...],
     source: str,
 ) -> RawData:
-    """Read the four IDX files with torchvision, from wherever a user may keep them.
+    """Read the four IDX files with torchvision, from the folder the user names.
 
-    torchvision reads `<root>/<Class>/raw/<file>` (its own download layout). Files kept flat
-    (`<dir>/<file>` or `<file>.gz`, as distributed and as Debian installs them) are unpacked into
-    that layout under the cache folder (HPSEARCH_DATA_DIR), leaving the user's folder untouched.
+    torchvision reads `<root>/<Class>/raw/<file>` (its own download layout), used as it is when
+    the data folder holds it. Files kept flat (`<dir>/<file>` or `<file>.gz`, as distributed and
+    as Debian installs them) are unpacked into that layout under the cache folder
+    (HPSEARCH_DATA_DIR), in an entry named by their content, leaving the user's folder untouched:
+    a folder named with --data-dir is the only place looked at, and no cached copy of other
+    files can stand in for it. Without --data-dir, `extra_dirs` are looked at too.
     """
     cache = default_data_dir()
-    looked_in: list[Path] = []
-    root = None
-    for candidate in dict.fromkeys((data_dir, cache)):
-        looked_in.append(candidate / dataset_cls.__name__ / "raw")
-        if _has_idx(candidate / dataset_cls.__name__ / "raw", compressed=False):
-            root = candidate
-            break
-    if root is None:
-        for folder in (data_dir, *extra_dirs):
-            looked_in.append(folder)
-            if _has_idx(folder, compressed=True):
-                _unpack_idx(folder, cache / dataset_cls.__name__ / "raw")
-                root = cache
-                break
+    layout = f"{dataset_cls.__name__}/raw"
+    fix = (f"replace it with a complete copy (source: {source}), or pass --data-dir DIR where DIR "
+           "holds the four files")
+    named = data_dir.resolve() != cache.resolve()
+    looked_in = [data_dir / layout, data_dir, *(() if named else extra_dirs)]
+    found = _find_idx(looked_in)
+    kind = "download" if found and found[0] == data_dir / layout and not named else "folder"
     download_note = " Downloading is off (HPSEARCH_DOWNLOAD=0)."
-    if root is None and download:
+    if found is None and download:
         try:
             dataset_cls(str(data_dir), train=True, download=True)
-            root = data_dir
+            found, kind = _find_idx([data_dir / layout]), "download"
         except (RuntimeError, OSError) as e:
             download_note = f" Downloading with torchvision failed: {str(e).splitlines()[0]}."
-    if root is None:
+    if found is None:
         places = ", ".join(str(p) for p in looked_in)
         raise DataError(
             f"data set {name!r} not found: looked for {', '.join(_IDX_FILES)} (or .gz) in "
@@ -362,6 +459,17 @@ def _load_mnist_style(
             f"files, or run once on a machine with internet access (torchvision downloads them "
             f"into --data-dir); source: {source}"
         )
+    folder, files = found
+    hashes = _checked_idx_hashes(files, fix=fix)
+    sha = combined_sha256(hashes)
+    if folder == data_dir / layout:
+        root = data_dir
+    else:
+        root = unpack_once(files, cache=cache / dataset_cls.__name__, layout=layout, key=sha[:16])
+        unpacked = {f: root / layout / f for f in _IDX_FILES}
+        if combined_sha256(_checked_idx_hashes(unpacked, fix=f"delete {root} and run again")) != sha:
+            raise DataError(f"the data cache entry {root} does not hold the files it was made "
+                            f"from ({folder}); delete {root} and run again")
     train = dataset_cls(str(root), train=True, download=False)
     test = dataset_cls(str(root), train=False, download=False)
     return RawData(
@@ -370,34 +478,38 @@ def _load_mnist_style(
         test.data.unsqueeze(1),
         test.targets.long(),
         classes=tuple(train.classes),
+        source=DataSource(kind, str(folder.absolute()), sha, hashes),
     )
 
 
-def _has_idx(folder: Path, *, compressed: bool) -> bool:
-    if compressed:
-        return all(_idx_file(folder, f) is not None for f in _IDX_FILES)
-    return all((folder / f).is_file() for f in _IDX_FILES)
+def _find_idx(folders: list[Path]) -> tuple[Path, dict[str, Path]] | None:
+    """The first folder holding all four IDX files, and their paths.
 
-
-def _idx_file(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
+    torchvision's own layout (the first folder) must hold them unpacked; flat folders may hold
+    each one unpacked or as `.gz`. Anything at a file's name counts, so a directory or an
+    unreadable file there is reported by name rather than passed over.
+    """
+    for i, folder in enumerate(folders):
+        files = {}
+        for name in _IDX_FILES:
+            candidates = (folder / name,) if i == 0 else (folder / name, folder / f"{name}.gz")
+            files[name] = next((c for c in candidates if c.exists()), None)
+        if all(files.values()):
+            return folder, {k: v for k, v in files.items() if v is not None}
     return None
 
 
-def _unpack_idx(source: Path, raw_dir: Path) -> None:
-    from torchvision.datasets.utils import extract_archive
-
-    raw_dir.mkdir(parents=True, exist_ok=True)
-    for name in _IDX_FILES:
-        found = _idx_file(source, name)
-        assert found is not None
-        if found.suffix == ".gz":
-            extract_archive(str(found), str(raw_dir))
-        else:
-            shutil.copyfile(found, raw_dir / name)
-    logger.info("unpacked IDX files from %s into %s", source, raw_dir)
+def _checked_idx_hashes(files: Mapping[str, Path], *, fix: str) -> dict[str, str]:
+    """Each file's content hash, after checking its header, and that images and labels agree."""
+    hashes, counts = {}, {}
+    for name, path in files.items():
+        hashes[name], counts[name] = idx_sha256(path, ndim=_IDX_FILES[name], fix=fix)
+    for prefix in ("train", "t10k"):
+        images, labels = f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"
+        if counts[images] != counts[labels]:
+            raise DataError(f"{files[images]} holds {counts[images]} images but {files[labels]} "
+                            f"holds {counts[labels]} labels; {fix}")
+    return hashes
 
 
 @register_dataset("mnist")
@@ -422,12 +534,16 @@ def _fashion_mnist(data_dir: Path, download: bool) -> RawData:
 @register_dataset("cifar10")
 def _cifar10(data_dir: Path, download: bool) -> RawData:
     from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import extract_archive
 
     folder = data_dir / CIFAR10.base_folder
     archive = data_dir / CIFAR10.filename
+    fix = (f"pass --data-dir DIR where DIR holds cifar-10-python.tar.gz or its unpacked "
+           f"{CIFAR10.base_folder}/ folder (from https://www.cs.toronto.edu/~kriz/cifar.html), "
+           "or run once with internet access")
+    kind = "folder" if folder.is_dir() or archive.is_file() else "download"
     if not folder.is_dir() and archive.is_file():
-        extract_archive(str(archive), str(data_dir))
+        # Before torchvision sees the archive: its extract_archive has no member filter.
+        extract_tar_safely(archive, data_dir, keep=CIFAR10.base_folder, fix=fix)
     try:
         train = CIFAR10(str(data_dir), train=True, download=download and not folder.is_dir())
         test = CIFAR10(str(data_dir), train=False, download=False)
@@ -435,10 +551,10 @@ def _cifar10(data_dir: Path, download: bool) -> RawData:
         raise DataError(
             f"data set 'cifar10' not found or damaged: looked for {folder} (the five "
             f"data_batch_N files, test_batch and batches.meta) and {archive}. "
-            f"torchvision said: {str(e).splitlines()[0]}. Fix: pass --data-dir DIR where DIR "
-            f"holds cifar-10-python.tar.gz or its unpacked {CIFAR10.base_folder}/ folder "
-            "(from https://www.cs.toronto.edu/~kriz/cifar.html), or run once with internet access"
+            f"torchvision said: {str(e).splitlines()[0]}. Fix: {fix}"
         ) from e
+    names = [n for n, _ in (*CIFAR10.train_list, *CIFAR10.test_list)] + [CIFAR10.meta["filename"]]
+    hashes = {n: file_sha256(folder / n, fix=fix) for n in names}
 
     def images(ds: CIFAR10) -> torch.Tensor:
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW
@@ -449,4 +565,5 @@ def _cifar10(data_dir: Path, download: bool) -> RawData:
         images(test),
         torch.as_tensor(test.targets, dtype=torch.long),
         classes=tuple(train.classes),
+        source=DataSource(kind, str(folder.absolute()), combined_sha256(hashes), hashes),
     )

@@ -24,8 +24,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.config import TrainConfig
+from hpsearch.data import DataSource, check_same_data
 from hpsearch.errors import ConfigError, HPSearchError, StudyError
-from hpsearch.runner import ATTR_CONFIG, ATTR_RESULT, ATTR_RUN
+from hpsearch.runner import ATTR_CONFIG, ATTR_DATA, ATTR_RESULT, ATTR_RUN
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[
         "study_module": run.get("study_module", study.user_attrs.get("study_module")),
         "source_hash": run.get("source_hash", study.user_attrs.get("source_hash")),
         "dataset": config.dataset,
+        "data": run.get(ATTR_DATA),  # source, content hash and sizes; `final` checks the hash
         "split": {"val_fraction": config.val_fraction, "split_seed": config.split_seed},
         "seed": config.seed,
         "params": dict(trial.params),
@@ -120,8 +122,11 @@ def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[
     }
 
 
-def export_document(study: optuna.Study, *, top: int, storage_url: str) -> dict[str, Any]:
+def export_document(
+    study: optuna.Study, *, top: int, storage_url: str, allow_other_data: bool = False
+) -> dict[str, Any]:
     trials = best_trials(study, top)
+    _check_trials_data(study, trials, allow_other_data=allow_other_data)
     if len(trials) < top:
         logger.warning("study %s has only %d completed trials; exporting those", study.study_name,
                        len(trials))
@@ -136,6 +141,26 @@ def export_document(study: optuna.Study, *, top: int, storage_url: str) -> dict[
                 "stopping = fixed (a final run has no validation split)",
         "configs": [export_entry(study, t, rank=i + 1) for i, t in enumerate(trials)],
     }
+
+
+def _check_trials_data(
+    study: optuna.Study, trials: Sequence[FrozenTrial], *, allow_other_data: bool
+) -> None:
+    """Refuse to export a trial that ran on other data than the study recorded (allowed by
+    `--allow-other-data` on resume), since the file would put it beside the others."""
+    recorded = study.user_attrs.get(ATTR_DATA)
+    if DataSource.from_dict(recorded) is None:
+        return
+    for t in trials:
+        used = DataSource.from_dict(t.user_attrs.get(ATTR_RUN, {}).get(ATTR_DATA))
+        if used is None:
+            continue
+        note = check_same_data(
+            recorded, used, recorded_by=f"study {study.study_name!r}", now_by=f"its trial {t.number}",
+            allow_other_data=allow_other_data, fix="export with --top to leave that trial out",
+        )
+        if note:
+            logger.warning("%s", note)
 
 
 def write_document(document: Mapping[str, Any], path: Path) -> None:

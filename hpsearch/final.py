@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from hpsearch.data import DataCache
+from hpsearch.data import DataCache, check_same_data, describe_data
 from hpsearch.devices import device_name
 from hpsearch.export import ExportedConfig, label_all
 from hpsearch.runner import package_versions
@@ -43,6 +43,7 @@ from hpsearch.trainer import train
 logger = logging.getLogger(__name__)
 
 OnRun = Callable[[str, dict[str, Any]], None]
+OnData = Callable[[str, dict[str, Any], str | None], None]  # label, provenance, note
 
 
 def run_final(
@@ -53,10 +54,14 @@ def run_final(
     data_dir: Path | None = None,
     export_path: Path | None = None,
     on_run: OnRun | None = None,
+    on_data: OnData | None = None,
+    allow_other_data: bool = False,
 ) -> dict[str, Any]:
     """Train and test every entry with `seeds` seeds; the whole result as a JSON-ready dict.
 
-    Seed k of a config is the config's own seed + k, so seed 0 repeats the trial's seed.
+    Seed k of a config is the config's own seed + k, so seed 0 repeats the trial's seed. An
+    entry whose recorded data hash differs from the data loaded now is refused (DataError)
+    unless `allow_other_data`.
     """
     data = DataCache(data_dir, device)
     labels = label_all(entries)
@@ -64,7 +69,8 @@ def run_final(
     test_labels: dict[str, list[int]] = {}
     for label, entry in zip(labels, entries):
         result = evaluate_config(entry, label=label, seeds=seeds, device=device, data=data,
-                                 on_run=on_run)
+                                 on_run=on_run, on_data=on_data, allow_other_data=allow_other_data,
+                                 export_path=export_path)
         test_labels.setdefault(result["dataset"], result.pop("test_labels"))
         configs.append(result)
     return {
@@ -99,11 +105,24 @@ def evaluate_config(
     device: torch.device,
     data: DataCache,
     on_run: OnRun | None = None,
+    on_data: OnData | None = None,
+    allow_other_data: bool = False,
+    export_path: Path | None = None,
 ) -> dict[str, Any]:
     config = entry.config
     splits = data.get(config.dataset, val_fraction=config.val_fraction,
                       split_seed=config.split_seed, final=True)
-    assert splits.test is not None
+    assert splits.test is not None and splits.source is not None
+    # Checked before any training: a run on other data would be hours spent on a wrong answer.
+    note = check_same_data(
+        entry.source.get("data"), splits.source, allow_other_data=allow_other_data,
+        recorded_by=f"{label} in {export_path or 'the export file'}",
+        fix="pass --data-dir with the data the study used",
+    )
+    if note:
+        logger.warning("%s", note)
+    if on_data is not None:
+        on_data(label, splits.provenance(), note)
     n_test = len(splits.test)
     runs = []
     for k in range(seeds):
@@ -156,6 +175,8 @@ def evaluate_config(
         "metric": entry.metric,
         "search_value": entry.value,
         "dataset": config.dataset,
+        "data": splits.provenance(),
+        "data_note": note,
         "n_test": n_test,
         "config": config.to_dict(),
         "summary": summarise(runs, splits.test.y.tolist()),
@@ -233,6 +254,9 @@ def markdown(document: dict[str, Any]) -> str:
          "| vote error (95% Wilson) | vs best (Holm) |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    data_lines = [f"Data of {c['label']}: {describe_data(c.get('data'))}"
+                  + (f" ({c['data_note']})" if c.get("data_note") else "") for c in configs]
+    lines[1:1] = ["", *data_lines]
     for c in configs:
         s = c["summary"]
         search = f"{c['metric']} {c['search_value']:.4f}" if c["search_value"] is not None else "-"

@@ -32,6 +32,7 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
+from hpsearch.data import describe_data
 from hpsearch.outcomes import (
     COUNTED,
     FAILED,
@@ -41,7 +42,7 @@ from hpsearch.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.runner import ATTR_RESULT
+from hpsearch.runner import ATTR_DATA, ATTR_RESULT
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,7 @@ def _summary_section(
         ("storage", storage_url or "-"),
         ("study module", attrs.get("study_module", "-")),
         ("data set", attrs.get("dataset", "-")),
+        ("data", describe_data(attrs.get(ATTR_DATA))),
         ("metric", f"{metric} ({study.direction.name.lower()})"),
         ("sampler / pruner", f"{attrs.get('sampler', '-')} / {attrs.get('pruner', '-')}"),
         ("max epochs per trial", attrs.get("epochs", "-")),

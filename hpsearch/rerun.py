@@ -25,7 +25,7 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.crossval import CrossValResult, train_folds
-from hpsearch.data import DataCache
+from hpsearch.data import DataCache, DataSource, check_same_data
 from hpsearch.errors import StudyError
 from hpsearch.runner import (
     ATTR_CONFIG,
@@ -52,6 +52,8 @@ class Rerun:
     speed: SpeedOptions  # what the rerun trained with
     notes: list[str]  # how the rerun differs from how the trial ran, and why
     stored_cv: dict[str, Any] | None = None  # a cross-validated trial's per-fold record
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)  # provenance of the rerun's data
+    data_note: str | None = None  # why the data was not checked, or was allowed to differ
 
     @property
     def history(self) -> list[float]:
@@ -89,6 +91,7 @@ def rerun_trial(
     device: torch.device,
     data_dir: Path | None = None,
     speed: SpeedOptions | None = None,
+    allow_other_data: bool = False,
 ) -> Rerun:
     """Train trial `number` again; with `speed` None, as the trial's run record says it ran."""
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -108,6 +111,18 @@ def rerun_trial(
     history = trial.user_attrs.get(ATTR_HISTORY, {}).get(metric, [])
     data = DataCache(data_dir, device)
     k = run.get("split", {}).get("cv_folds", 0)
+    if k:
+        folds = data.folds(config.dataset, k=k, split_seed=config.split_seed)
+        used = {**folds[0].provenance(), "folds": k}
+    else:
+        splits = data.get(config.dataset, val_fraction=config.val_fraction,
+                          split_seed=config.split_seed)
+        used = splits.provenance()
+    source = DataSource.from_dict(used)
+    assert source is not None
+    note = check_same_data(run.get("data"), source, allow_other_data=allow_other_data,
+                           recorded_by=f"trial {number} of {study.study_name!r}",
+                           fix="pass --data-dir with the data the trial used")
     notes: list[str] = []
     if speed is None:
         speed, notes = _recorded_speed(run, device)
@@ -115,11 +130,8 @@ def rerun_trial(
     # compared.
     result: TrainResult | CrossValResult
     if k:
-        folds = data.folds(config.dataset, k=k, split_seed=config.split_seed)
         result = train_folds(config, folds, metric=metric, device=device, speed=speed)
     else:
-        splits = data.get(config.dataset, val_fraction=config.val_fraction,
-                          split_seed=config.split_seed)
         result = train(config, splits, device=device, speed=speed)
     now = package_versions()
     changes = {k: (str(v), now[k]) for k, v in run.get("versions", {}).items()
@@ -137,6 +149,8 @@ def rerun_trial(
         speed=speed,
         notes=notes,
         stored_cv=trial.user_attrs.get(ATTR_CV),
+        data=used,
+        data_note=note,
     )
 
 

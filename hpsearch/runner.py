@@ -28,7 +28,7 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,15 @@ from optuna.trial import FrozenTrial, TrialState
 import hpsearch
 from hpsearch.config import TrainConfig
 from hpsearch.crossval import CrossValResult, train_folds
-from hpsearch.data import CV_MAX_TRAIN, DataCache, check_dataset_name, check_folds, load_raw
+from hpsearch.data import (
+    CV_MAX_TRAIN,
+    DataCache,
+    DataSource,
+    check_dataset_name,
+    check_folds,
+    check_same_data,
+    load_raw,
+)
 from hpsearch.devices import device_name
 from hpsearch.errors import HPSearchError, StudyError
 from hpsearch.outcomes import (  # the words are re-exported here, where callers import them
@@ -64,6 +72,7 @@ ATTR_RESULT = "result"  # outcome, reason, stop reason, best epoch, seconds, par
 ATTR_HISTORY = "history"  # per-epoch train/val loss, accuracy, error, F1, lr, seconds
 ATTR_INIT_STATS = "init_stats"
 ATTR_CV = "cv"  # cross-validated trials: k, each fold's value, best epoch and metric per epoch
+ATTR_DATA = "data"  # on the study, and in ATTR_RUN: data source, content hash, split sizes
 
 
 
@@ -113,6 +122,7 @@ class RunSettings:
     pruner: str
     data_dir: Path | None = None
     cv: int = 0  # k of k-fold cross-validation, 0: one validation split
+    allow_other_data: bool = False  # resume on data whose hash differs from the study's
 
     def base_config(self, trial_number: int) -> TrainConfig:
         return self.spec.base.replace(
@@ -131,6 +141,7 @@ def resolve_settings(
     pruner: str | None = None,
     data_dir: Path | None = None,
     cv: int | None = None,
+    allow_other_data: bool = False,
 ) -> RunSettings:
     dataset = dataset or spec.default_dataset
     check_dataset_name(dataset)
@@ -149,6 +160,7 @@ def resolve_settings(
         pruner=pruner or spec.pruner,
         data_dir=data_dir,
         cv=resolve_cv(spec, dataset, requested=cv, data_dir=data_dir),
+        allow_other_data=allow_other_data,
     )
 
 
@@ -228,13 +240,19 @@ def grid_size(settings: RunSettings) -> int | None:
 
 
 def open_study(
-    handle: StorageHandle, settings: RunSettings, *, sampler_seed: int | None = None
+    handle: StorageHandle,
+    settings: RunSettings,
+    *,
+    sampler_seed: int | None = None,
+    data: Mapping[str, Any] | None = None,
 ) -> optuna.Study:
     """Create the study, or load it and check that it is the same question on the same data.
 
     Creation and the study's settings (user attributes, written one at a time by Optuna) happen
     under the study lock, so workers started together create one study and each sees all of its
-    settings; a study whose creator died midway is completed by the next worker.
+    settings; a study whose creator died midway is completed by the next worker. `data` is the
+    provenance of the data this process loaded (`Splits.provenance`): stored on a new study, and
+    compared by content hash with what an existing study stored.
     """
     if handle.kind == "postgresql" and len(settings.study_name) > MAX_STUDY_NAME_POSTGRESQL:
         raise StudyError(
@@ -265,7 +283,26 @@ def open_study(
             # it stays reproducible; a resume continues from a stream keyed by how far it got.
             study.sampler = make_sampler(settings, seed=resume_seed(sampler_seed, n_existing))
         _settle_study_attrs(study, handle, settings, n_existing=n_existing)
+        _settle_study_data(study, handle, settings, data, n_existing=n_existing)
     return study
+
+
+def _settle_study_data(
+    study: optuna.Study, handle: StorageHandle, settings: RunSettings,
+    data: Mapping[str, Any] | None, *, n_existing: int,
+) -> None:
+    """Record the data on a study that has no trials yet, or check that it is the study's."""
+    source = DataSource.from_dict(data)
+    if source is None:
+        return
+    recorded = study.user_attrs.get(ATTR_DATA)
+    if recorded is None and not n_existing:
+        study.set_user_attr(ATTR_DATA, dict(data or {}))
+        return
+    note = check_same_data(recorded, source, allow_other_data=settings.allow_other_data,
+                           recorded_by=f"study {settings.study_name!r} in {handle.url}")
+    if note:
+        logger.warning("%s", note)
 
 
 def _settle_study_attrs(
@@ -413,7 +450,8 @@ def run_trial(
         with heartbeat(handle, trial._trial_id):
             config = suggest_config(spec, trial, settings.base_config(trial.number))
             set_attr(trial, ATTR_CONFIG, config.to_dict())
-            set_attr(trial, ATTR_RUN, run_record(settings, config, device))
+            set_attr(trial, ATTR_RUN, run_record(settings, config, device,
+                                                 data=data_record(settings, config, data)))
             result = train_trial(trial, config, settings, device=device, data=data)
     except KeyboardInterrupt as e:
         if finish(TrialState.FAIL, INTERRUPTED, interrupt_reason(e)).outcome != TAKEN_OVER:
@@ -478,6 +516,16 @@ def report(trial: optuna.Trial, value: float, step: int) -> bool:
     return True
 
 
+def data_record(settings: RunSettings, config: TrainConfig, data: DataCache) -> dict[str, Any]:
+    """`Splits.provenance()` of what a trial trains on: its validation split, or its first fold
+    and the number of folds under cross-validation."""
+    if settings.cv:
+        folds = data.folds(config.dataset, k=settings.cv, split_seed=config.split_seed)
+        return {**folds[0].provenance(), "folds": settings.cv}
+    return data.get(config.dataset, val_fraction=config.val_fraction,
+                    split_seed=config.split_seed).provenance()
+
+
 def tell_result(
     study: optuna.Study, trial: optuna.Trial, result: TrainResult | CrossValResult, *, metric: str
 ) -> TrialOutcome:
@@ -518,10 +566,13 @@ def run_record(
     *,
     speed: SpeedOptions | None = None,
     population: int = 1,
+    data: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What re-runs a trial besides its config: with `speed`, the options the trial actually
-    trained with, and `population`, how many trials trained in its stack (1: alone)."""
+    trained with, `population`, how many trials trained in its stack (1: alone), and `data`,
+    `Splits.provenance()` of the data it trained on."""
     return {
+        ATTR_DATA: dict(data) if data is not None else None,
         "speed": (speed or SpeedOptions()).to_dict(),
         "population": population,
         "seed": config.seed,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.data import DataSource
 from hpsearch.outcomes import (
     FAILED,
     INTERRUPTED,
@@ -16,7 +18,7 @@ from hpsearch.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.runner import ATTR_RUN
+from hpsearch.runner import ATTR_DATA, ATTR_RUN
 
 RECENT_SECONDS = 600.0  # a worker counts as seen recently if it started or ended a trial this lately
 MAX_REASON_TRIALS = 5  # trial numbers listed after each reason
@@ -39,6 +41,8 @@ class StudyStatus:
     metric: str
     workers: list[WorkerSeen]  # seen within RECENT_SECONDS, most recent first
     running: list[FrozenTrial]
+    data: Any = None  # the study's data record (`Splits.provenance`), None if not recorded
+    on_other_data: int = 0  # trials that ran on data with another hash (--allow-other-data)
 
 
 def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -> StudyStatus:
@@ -58,7 +62,19 @@ def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -
         metric=study.user_attrs.get("metric", "value"),
         workers=_workers(trials, now),
         running=[t for t in trials if t.state == TrialState.RUNNING],
+        data=study.user_attrs.get(ATTR_DATA),
+        on_other_data=_on_other_data(study, trials),
     )
+
+
+def _on_other_data(study: optuna.Study, trials: list[FrozenTrial]) -> int:
+    study_data = DataSource.from_dict(study.user_attrs.get(ATTR_DATA))
+    if study_data is None:
+        return 0
+    # A queued retry carries a copy of its original's run record; count the original only.
+    used = (DataSource.from_dict(t.user_attrs.get(ATTR_RUN, {}).get(ATTR_DATA)) for t in trials
+            if t.state != TrialState.WAITING)
+    return sum(1 for source in used if source is not None and source.sha256 != study_data.sha256)
 
 
 def _workers(trials: list[FrozenTrial], now: datetime.datetime) -> list[WorkerSeen]:

@@ -34,6 +34,7 @@ from hpsearch.runner import (
     LOST,
     RunSettings,
     TrialOutcome,
+    data_record,
     grid_size,
     open_study,
     retry,
@@ -152,7 +153,8 @@ def _run_worker(
     base = settings.base_config(0)
     # Load the data before creating any trial: a missing data set is one error, not N failures.
     data.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
-    study = open_study(handle, settings, sampler_seed=sampler_seed)
+    study = open_study(handle, settings, sampler_seed=sampler_seed,
+                       data=data_record(settings, base, data))
     mixed = check_precision(study, speed or SpeedOptions(), allow_mixed=allow_mixed_precision)
     report = WorkerReport(settings.study_name, trials, already_done=budget_state(study).done,
                           precision_note=mixed)
