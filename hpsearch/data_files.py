@@ -152,6 +152,15 @@ def unpack_once(files: Mapping[str, Path], *, cache: Path, layout: str, key: str
     return entry
 
 
+class _UnsafeMember(Exception):
+    """A member the `data` filter would refuse, found by `_checked_members` on older Pythons."""
+
+
+_REFUSED: tuple[type[Exception], ...] = (
+    (tarfile.FilterError, _UnsafeMember) if hasattr(tarfile, "FilterError") else (_UnsafeMember,)
+)
+
+
 def extract_tar_safely(archive: Path, destination: Path, *, keep: str, fix: str) -> None:
     """Extract the folder `keep` of a tar archive into `destination`, refusing any member that
     would land outside it (absolute paths, `..`, links out), with tarfile's `data` filter.
@@ -166,11 +175,14 @@ def extract_tar_safely(archive: Path, destination: Path, *, keep: str, fix: str)
         raise DataError(f"cannot extract {archive} into {destination}: {e.strerror or e}; {fix}") from e
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(staging, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.10.12 / 3.11.4 onwards
+                tar.extractall(staging, filter="data")
+            else:
+                tar.extractall(staging, members=_checked_members(tar))
         if not (staging / keep).is_dir():
             raise DataError(f"{archive} holds no {keep}/ folder; {fix}")
         os.rename(staging / keep, destination / keep)
-    except tarfile.FilterError as e:
+    except _REFUSED as e:
         raise DataError(f"{archive} was refused: {e} (an archive must not write outside its "
                         f"folder); nothing was extracted; {fix}") from e
     except (tarfile.TarError, EOFError, zlib.error) as e:
@@ -179,3 +191,17 @@ def extract_tar_safely(archive: Path, destination: Path, *, keep: str, fix: str)
         raise DataError(f"cannot extract {archive} into {destination}: {e.strerror or e}; {fix}") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _checked_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The `data` filter's main rules, for Pythons without it: regular files and folders only,
+    every path (and link target) relative and inside the destination."""
+    members = tar.getmembers()
+    for m in members:
+        target = os.path.normpath(os.path.join(os.path.dirname(m.name), m.linkname)) if m.issym() else m.linkname
+        for name in (m.name, target) if m.issym() or m.islnk() else (m.name,):
+            if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
+                raise _UnsafeMember(f"{m.name!r} would be written outside the destination")
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            raise _UnsafeMember(f"{m.name!r} is a special file")
+    return members
