@@ -262,6 +262,7 @@ def _summary_section(
         ("metric", f"{metric} ({study.direction.name.lower()})"),
         ("sampler / pruner", f"{attrs.get('sampler', '-')} / {attrs.get('pruner', '-')}"),
         ("max epochs per trial", attrs.get("epochs", "-")),
+        ("precision", attrs.get("precision", "-")),
         ("trials", len(trials)),
     ]
     if complete:

@@ -172,3 +172,33 @@ def _dashboard_trials(url: str) -> list[dict[str, Any]]:
         thread.join()
     # Attribute values come as the dashboard shows them: strings.
     return [{**t, "user_attrs": {a["key"]: a["value"] for a in t["user_attrs"]}} for t in trials]
+
+
+def test_launch_passes_on_the_signal_it_got(tmp_path: Path) -> None:
+    module = tmp_path / "slow_third.py"
+    module.write_text(SLOW_THIRD)
+    url = f"journal:{tmp_path / 's.log'}"
+    storage = open_storage(url, heartbeat=None).storage
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "hpsearch", "launch", str(module), "--workers", "1", "--trials", "5",
+         "--storage", url, "--device", "cpu"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+        text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def third_training() -> bool:
+        try:
+            trials = optuna.load_study(study_name="slow_third", storage=storage).trials
+        except KeyError:
+            return False
+        return len(trials) == 3 and len(trials[2].intermediate_values) >= 1
+
+    try:
+        _wait_for(third_training)
+        launcher.send_signal(signal.SIGTERM)
+        output, _ = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode == 130, output
+    assert "interrupted by SIGTERM: trial #2" in output  # the status printed at the end
+    stopped = optuna.load_study(study_name="slow_third", storage=storage).trials[2]
+    assert stopped.user_attrs["outcome_reason"] == "interrupted by SIGTERM"

@@ -11,6 +11,7 @@ from optuna.distributions import FloatDistribution
 
 from hpsearch.cli import main
 from hpsearch.config import TrainConfig
+from hpsearch.report import build_report
 from hpsearch.rerun import rerun_trial
 from hpsearch.storage import open_storage
 from hpsearch.trainer import SpeedOptions
@@ -32,6 +33,7 @@ def test_a_bf16_trial_records_its_precision_and_rerun_trains_in_bf16(cli: CliRun
         assert trial.user_attrs["run"]["speed"] == {"compile": False, "bf16": True}
         assert trial.user_attrs["run"]["population"] == 1
     assert study.user_attrs["precision"] == "bf16"
+    assert "<td>precision</td><td>bf16</td>" in build_report(study).html
 
     rerun = rerun_trial(study, 1, device=CPU)
     assert rerun.speed == SpeedOptions(bf16=True) and rerun.notes == []
