@@ -176,7 +176,7 @@ main.add_command(status_command)
 @storage_option
 def best_command(study_name: str, storage: str) -> None:
     """Print the best trial of STUDY_NAME and its full training config."""
-    study = load_existing_study(open_storage(storage, heartbeat=None), study_name)
+    study = load_existing_study(open_storage(storage, heartbeat=None, readonly=True), study_name)
     _print_best(study, brief=False)
 
 
@@ -230,7 +230,7 @@ def dashboard_command(storage: str, host: str, port: int) -> None:
                default=Path("report.html"), show_default=True, help="HTML file to write.")
 def report_command(study_name: str, storage: str, output: Path) -> None:
     """Write one self-contained HTML page of figures and trend tables for STUDY_NAME."""
-    handle = open_storage(storage, heartbeat=None)
+    handle = open_storage(storage, heartbeat=None, readonly=True)
     study = load_existing_study(handle, study_name)
     report = write_report(study, output, storage_url=handle.url)
     drawn = sum(f.html is not None for f in report.figures)
@@ -252,7 +252,7 @@ def report_command(study_name: str, storage: str, output: Path) -> None:
 def export_command(study_name: str, storage: str, top: int, output: Path,
                    allow_other_data: bool) -> None:
     """Write the best configs of STUDY_NAME, ready for `hpsearch final`."""
-    handle = open_storage(storage, heartbeat=None)
+    handle = open_storage(storage, heartbeat=None, readonly=True)
     document = export_document(load_existing_study(handle, study_name), top=top,
                                storage_url=handle.url, allow_other_data=allow_other_data)
     write_document(document, output)
@@ -321,7 +321,7 @@ def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | N
 def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
                   data_dir: Path | None, allow_other_data: bool) -> None:
     """Train trial TRIAL of STUDY_NAME again from its stored config and compare the metric."""
-    study = load_existing_study(open_storage(storage, heartbeat=None), study_name)
+    study = load_existing_study(open_storage(storage, heartbeat=None, readonly=True), study_name)
     stored_device = next((t.user_attrs.get("run", {}).get("device")
                           for t in study.get_trials(deepcopy=False)
                           if t.number == trial), None)

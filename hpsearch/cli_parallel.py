@@ -193,7 +193,7 @@ def _launch_gpus(gpus: str | None, device: str) -> list[str]:
 @storage_option
 def status_command(study_name: str, storage: str) -> None:
     """Trials of STUDY_NAME by state, the best so far, and the workers seen recently."""
-    study = load_existing_study(open_storage(storage, heartbeat=None), study_name)
+    study = load_existing_study(open_storage(storage, heartbeat=None, readonly=True), study_name)
     _print_status(study_status(study))
 
 

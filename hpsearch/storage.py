@@ -25,10 +25,11 @@ import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalStorage
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
+from hpsearch.journal import JournalFile, JournalFileReader
 
 logger = logging.getLogger(__name__)
 
@@ -151,18 +152,21 @@ def default_heartbeat() -> int:
     return int(raw)
 
 
-def open_storage(url: str | None, *, heartbeat: int | None | str = "default") -> StorageHandle:
+def open_storage(
+    url: str | None, *, heartbeat: int | None | str = "default", readonly: bool = False
+) -> StorageHandle:
     """Open (creating tables or files as needed) the storage behind `url`.
 
     `heartbeat` (seconds) turns on Optuna's heartbeat for RDB storages, so a trial whose worker
-    died is failed after 3 missed beats and its parameters queued again.
+    died is failed after 3 missed beats and its parameters queued again. `readonly` opens a
+    journal file without creating or locking anything, so it reads from read-only media.
     """
     if heartbeat == "default":
         heartbeat = default_heartbeat()
     assert heartbeat is None or isinstance(heartbeat, int)
     url = (url or DEFAULT_STORAGE).strip()
     if url.startswith("journal:"):
-        handle = _open_journal(url)
+        handle = _open_journal(url, readonly=readonly)
         handle.journal_heartbeat = heartbeat
         return handle
     try:
@@ -303,7 +307,7 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, object], heartbeat: int | No
     )
 
 
-def _open_journal(url: str) -> StorageHandle:
+def _open_journal(url: str, *, readonly: bool) -> StorageHandle:
     raw = url[len("journal:") :]
     path = Path(raw.removeprefix("//"))
     if not raw or str(path) in ("", "."):
@@ -312,9 +316,9 @@ def _open_journal(url: str) -> StorageHandle:
         raise StorageError(
             f"storage {url!r}: folder {path.parent} does not exist; create it or pick another path"
         )
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        raise StorageError(f"storage {url!r}: cannot read and write {path}; check its permissions")
-    backend = JournalFileBackend(str(path))
+    # Optuna's own file backend, with a kernel lock, torn-tail repair and read-only opening
+    # (see hpsearch.journal for the Optuna faults each works around).
+    backend = JournalFileReader(str(path)) if readonly else JournalFile(str(path))
     try:
         storage = JournalStorage(backend)
     except (ValueError, OSError) as e:
