@@ -86,7 +86,15 @@ class StorageHandle:
             yield
             return
         assert self.path is not None
-        with open(f"{self.path}.hpsearch-worker", "a") as handle:
+        try:
+            handle = open(f"{self.path}.hpsearch-worker", "a")  # noqa: SIM115 - closed below
+        except OSError as e:
+            raise StorageError(
+                f"storage {self.url}: cannot create {self.path}.hpsearch-worker beside it "
+                f"({e.strerror}); a worker needs to write the database and its folder: pick a "
+                "writable folder or fix its permissions (status, best, report and export only read)"
+            ) from e
+        with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as e:
@@ -226,6 +234,8 @@ def open_storage(
         raise StorageError(
             f"storage {shown!r}: {e}; upgrade it with `optuna storage upgrade --storage URL`"
         ) from e
+    if kind == "sqlite":
+        _translate_sqlite_errors(storage.engine, shown)
     if kind == "postgresql":
         # Optuna caches finished trials in front of an RDB storage (as `create_study` would do
         # itself); the retrying layer sits outside that cache.
@@ -305,6 +315,40 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, object], heartbeat: int | No
             else None
         ),
     )
+
+
+# SQLite's messages for a file it cannot write: a full disk (or quota), a read-only file or
+# file system, a folder where it cannot create its rollback journal, a failing disk.
+_SQLITE_WRITE_FAULTS = {
+    "database or disk is full": "the disk is full; free some space (or move the database) and "
+                                "run the same command again to resume",
+    "attempt to write a readonly database": "the file or its file system is read-only; copy it "
+                                            "somewhere writable (status, best, report and export "
+                                            "only read it)",
+    "unable to open database file": "SQLite cannot create its journal beside the file; the "
+                                    "folder must be writable too",
+    "disk i/o error": "check the disk",
+}
+
+
+def _translate_sqlite_errors(engine: sqlalchemy.Engine, shown: str) -> None:
+    """Turn SQLite's write faults into one StorageError naming the file and the fix.
+
+    SQLAlchemy's `handle_error` hook raises it in place of the driver's error; Optuna's session
+    scope rolls back and re-raises errors that are not SQLAlchemy's unchanged, where it would
+    wrap SQLAlchemy's own in a StorageInternalError about "invalid data in the commit". Nothing
+    is half-written: SQLite rolls the transaction back.
+    """
+
+    def translate(context: sqlalchemy.engine.ExceptionContext) -> None:
+        message = str(context.original_exception).lower()
+        for fault, fix in _SQLITE_WRITE_FAULTS.items():
+            if fault in message:
+                raise StorageError(
+                    f"storage {shown}: {context.original_exception}; {fix}"
+                ) from context.sqlalchemy_exception
+
+    sqlalchemy.event.listen(engine, "handle_error", translate)
 
 
 def _open_journal(url: str, *, readonly: bool) -> StorageHandle:
