@@ -26,6 +26,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST = "complete", "pruned", "failed", "interrupted", "lost"
 RUNNING, WAITING = "running", "waiting"
+# Not a stored outcome: a worker's view of a trial that another worker failed as lost while this
+# one ran it (a pause past the heartbeat grace); the study holds it as lost, queued again.
+TAKEN_OVER = "taken over"
 ORDER = (COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST, RUNNING, WAITING)  # how counts are listed
 COUNTED = (COMPLETE, PRUNED, FAILED)  # outcomes that use up the study's budget
 

@@ -56,6 +56,7 @@ from hpsearch.outcomes import (  # the words are re-exported here, where callers
     INTERRUPTED,
     LOST,  # noqa: F401
     PRUNED,
+    TAKEN_OVER,
     interrupt_reason,
     outcome_attrs,
 )
@@ -97,9 +98,6 @@ def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
     trial.set_user_attr(key, finite_json(value))
 
 
-# Not a stored outcome: this worker's view of a trial that another worker failed as lost while
-# this one ran it (a pause past the heartbeat grace); the other worker queued it again.
-TAKEN_OVER = "taken over"
 # Trial system attribute: the wall-clock time of the last beat, on storages without Optuna's
 # heartbeat (the journal file).
 ATTR_BEAT = "hpsearch:heartbeat"

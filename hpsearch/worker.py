@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from hpsearch.batch_worker import train_batch
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
-from hpsearch.outcomes import COUNTED, ORDER, outcome_attrs, trial_outcome
+from hpsearch.outcomes import COUNTED, ORDER, TAKEN_OVER, outcome_attrs, trial_outcome
 from hpsearch.runner import (
     ATTR_BEAT,
     ATTR_RESULT,
@@ -86,8 +86,8 @@ class WorkerReport:
         return sum(1 for o in self.outcomes if o.outcome == outcome)
 
     def counts(self) -> dict[str, int]:
-        """This worker's trials by outcome, in `outcomes.ORDER`."""
-        return {word: self.count(word) for word in ORDER if self.count(word)}
+        """This worker's trials by outcome, in `outcomes.ORDER`, then any taken over."""
+        return {word: self.count(word) for word in (*ORDER, TAKEN_OVER) if self.count(word)}
 
 
 OnTrial = Callable[[TrialOutcome, BudgetState], None]

@@ -22,9 +22,11 @@ from optuna.trial import TrialState
 
 from hpsearch.cli import main
 from hpsearch.dashboard import make_dashboard_server
-from hpsearch.outcomes import outcome_counts
+from hpsearch.outcomes import describe_counts, outcome_counts
 from hpsearch.report import build_report, parameter_table
+from hpsearch.runner import TrialOutcome
 from hpsearch.storage import open_storage
+from hpsearch.worker import WorkerReport
 
 # Trial 0 diverges (lr 1e6 with SGD): its val_loss reaches NaN before the training loss does.
 DIVERGING_STUDY = '''"""lr 1e6 diverges."""
@@ -202,3 +204,11 @@ def test_launch_passes_on_the_signal_it_got(tmp_path: Path) -> None:
     assert "interrupted by SIGTERM: trial #2" in output  # the status printed at the end
     stopped = optuna.load_study(study_name="slow_third", storage=storage).trials[2]
     assert stopped.user_attrs["outcome_reason"] == "interrupted by SIGTERM"
+
+
+def test_a_workers_counts_add_up_to_the_trials_it_ran() -> None:
+    report = WorkerReport("s", 3, outcomes=[
+        TrialOutcome(number=n, outcome=word, value=None, reason=None, seconds=0.0)
+        for n, word in enumerate(["complete", "taken over", "failed", "complete"])])
+    assert report.counts() == {"complete": 2, "failed": 1, "taken over": 1}
+    assert describe_counts(report.counts()) == "2 complete, 1 failed, 1 taken over"
