@@ -22,6 +22,7 @@ from hpsearch.cli_options import (
     allow_other_data_option,
     describe,
     invoked_as,
+    open_existing_storage,
     prepare_run,
     set_threads,
     speed_from,
@@ -122,7 +123,7 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     """
     interrupt_on_signals()  # also when started in the background, where SIGINT is ignored
     set_threads(threads)
-    settings, torch_device, handle, budget = prepare_run(
+    settings, torch_device, handle, budget, data = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
         dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
         data_dir=data_dir, cv=cv, allow_other_data=allow_other_data)
@@ -141,7 +142,7 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
             report = run_worker(handle, settings, trials=budget, device=torch_device,
                                 timeout=timeout, sampler_seed=seed, on_trial=on_trial,
                                 population=population, speed=speed_from(compile_, bf16),
-                                allow_mixed_precision=allow_mixed_precision)
+                                allow_mixed_precision=allow_mixed_precision, data=data)
         except KeyboardInterrupt as e:
             click.echo(f"\n{interrupt_reason(e)}: finished trials are kept in {handle.url}; the running trial "
                        "is queued again. Run the same command to resume.", err=True)
@@ -176,7 +177,7 @@ main.add_command(status_command)
 @storage_option
 def best_command(study_name: str, storage: str) -> None:
     """Print the best trial of STUDY_NAME and its full training config."""
-    study = load_existing_study(open_storage(storage, heartbeat=None, readonly=True), study_name)
+    study = load_existing_study(open_existing_storage(storage), study_name)
     _print_best(study, brief=False)
 
 
@@ -208,7 +209,7 @@ def _print_best(study: optuna.Study, *, brief: bool) -> None:
               help="Port to listen on (0: any free port).")
 def dashboard_command(storage: str, host: str, port: int) -> None:
     """Serve optuna-dashboard over the storage (Ctrl-C to stop)."""
-    handle = open_storage(storage, heartbeat=None)
+    handle = open_storage(storage, heartbeat=None)  # may watch a storage before its first run
     server = make_dashboard_server(handle, host=host, port=port)
     url = dashboard_url(server, host)
     if not is_loopback(host):
@@ -230,7 +231,7 @@ def dashboard_command(storage: str, host: str, port: int) -> None:
                default=Path("report.html"), show_default=True, help="HTML file to write.")
 def report_command(study_name: str, storage: str, output: Path) -> None:
     """Write one self-contained HTML page of figures and trend tables for STUDY_NAME."""
-    handle = open_storage(storage, heartbeat=None, readonly=True)
+    handle = open_existing_storage(storage)
     study = load_existing_study(handle, study_name)
     report = write_report(study, output, storage_url=handle.url)
     drawn = sum(f.html is not None for f in report.figures)
@@ -252,7 +253,7 @@ def report_command(study_name: str, storage: str, output: Path) -> None:
 def export_command(study_name: str, storage: str, top: int, output: Path,
                    allow_other_data: bool) -> None:
     """Write the best configs of STUDY_NAME, ready for `hpsearch final`."""
-    handle = open_storage(storage, heartbeat=None, readonly=True)
+    handle = open_existing_storage(storage)
     document = export_document(load_existing_study(handle, study_name), top=top,
                                storage_url=handle.url, allow_other_data=allow_other_data)
     write_document(document, output)
@@ -321,7 +322,7 @@ def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | N
 def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
                   data_dir: Path | None, allow_other_data: bool) -> None:
     """Train trial TRIAL of STUDY_NAME again from its stored config and compare the metric."""
-    study = load_existing_study(open_storage(storage, heartbeat=None, readonly=True), study_name)
+    study = load_existing_study(open_existing_storage(storage), study_name)
     stored_device = next((t.user_attrs.get("run", {}).get("device")
                           for t in study.get_trials(deepcopy=False)
                           if t.number == trial), None)

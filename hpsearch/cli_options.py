@@ -12,10 +12,12 @@ from typing import Any
 import click
 import torch
 
+from hpsearch.data import DataCache
 from hpsearch.devices import DEVICE_HELP, resolve_device
+from hpsearch.errors import StorageError
 from hpsearch.registry import PRUNERS, SAMPLERS, load_study
 from hpsearch.runner import RunSettings, TrialOutcome, resolve_settings
-from hpsearch.storage import DEFAULT_STORAGE, StorageHandle, open_storage
+from hpsearch.storage import DEFAULT_STORAGE, StorageHandle, open_storage, storage_file
 from hpsearch.trainer import SpeedOptions
 
 storage_option = click.option(
@@ -85,10 +87,30 @@ def settings_from(study: str, **options: Any) -> RunSettings:
 
 def prepare_run(
     study: str, *, storage: str, device: str, trials: int | None, **options: Any
-) -> tuple[RunSettings, torch.device, StorageHandle, int]:
-    """What `run` and `worker` resolve before training: settings, device, storage and budget."""
+) -> tuple[RunSettings, torch.device, StorageHandle, int, DataCache]:
+    """What `run` and `worker` resolve before training: settings, device, storage, budget and
+    the loaded data. The data come first: a missing data set must not leave a new, empty
+    storage file behind."""
     settings = settings_from(study, **options)
-    return settings, resolve_device(device), open_storage(storage), trials or settings.spec.trials
+    torch_device = resolve_device(device)
+    data = DataCache(settings.data_dir, torch_device)
+    base = settings.base_config(0)
+    data.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
+    return settings, torch_device, open_storage(storage), trials or settings.spec.trials, data
+
+
+def open_existing_storage(url: str) -> StorageHandle:
+    """The storage for a command that only reads (best, status, report, export, rerun):
+    a SQLite or journal file that does not exist is an error, not a new empty file."""
+    path = storage_file(url)
+    if path is not None and not path.exists():
+        raise StorageError(
+            f"storage {url!r}: {path} does not exist (nothing was created); give the file your "
+            "study was run into with --storage or HPSEARCH_STORAGE (paths are relative to the "
+            f"current folder, {Path.cwd()}), or create a study first with `hpsearch run STUDY "
+            f"--storage {url}`"
+        )
+    return open_storage(url, heartbeat=None, readonly=True)
 
 
 # Measured on a 2-core VM at load 8.5, ms per training step with 1 and 2 torch threads: 3.1 and

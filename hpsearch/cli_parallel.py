@@ -13,6 +13,7 @@ import torch
 
 from hpsearch.cli_options import (
     describe,
+    open_existing_storage,
     prepare_run,
     set_threads,
     settings_from,
@@ -63,7 +64,7 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     # (naming the signal) and queued again, not left RUNNING.
     interrupt_on_signals()
     set_threads(threads)
-    settings, torch_device, handle, budget = prepare_run(
+    settings, torch_device, handle, budget, data = prepare_run(
         study, storage=storage, device=device, trials=trials, study_name=study_name,
         dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
         data_dir=data_dir, cv=cv, allow_other_data=allow_other_data)
@@ -81,7 +82,7 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
         report = run_worker(handle, settings, trials=budget, device=torch_device, timeout=timeout,
                             sampler_seed=sampler_seed, on_trial=on_trial, population=population,
                             speed=speed_from(compile_, bf16),
-                            allow_mixed_precision=allow_mixed_precision)
+                            allow_mixed_precision=allow_mixed_precision, data=data)
     except KeyboardInterrupt as e:
         click.echo(f"[{name}] {interrupt_reason(e)}: its running trial is queued again", err=True)
         sys.exit(130)
@@ -117,16 +118,17 @@ def launch_command(study: str, trials: int | None, timeout: float | None, storag
     gpu_list = _launch_gpus(gpus, device)
     plans = plan_workers(workers=workers, gpus=gpu_list, per_gpu=per_gpu,
                          cpu_count=len(os.sched_getaffinity(0)))
+    # Load the data once here: a missing data set is one error, and a download happens once;
+    # before the storage, so that error leaves no new storage file behind.
+    base = settings.base_config(0)
+    cache = DataCache(settings.data_dir, torch.device("cpu"))
+    cache.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
     handle = open_storage(storage)
     if handle.kind == "sqlite" and len(plans) > 1:
         raise StorageError(
             f"{len(plans)} workers cannot share the SQLite file {handle.url} (SQLite takes one "
             f"writer; the rest would fail with 'database is locked'). {handle.parallel_hint()}"
         )
-    # Load the data once here: a missing data set is one error, and a download happens once.
-    base = settings.base_config(0)
-    cache = DataCache(settings.data_dir, torch.device("cpu"))
-    cache.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
     # Create it once, not K times; each worker checks its own data against it again.
     study_obj = open_study(handle, settings, sampler_seed=seed,
                            data=data_record(settings, base, cache))
@@ -193,7 +195,7 @@ def _launch_gpus(gpus: str | None, device: str) -> list[str]:
 @storage_option
 def status_command(study_name: str, storage: str) -> None:
     """Trials of STUDY_NAME by state, the best so far, and the workers seen recently."""
-    study = load_existing_study(open_storage(storage, heartbeat=None, readonly=True), study_name)
+    study = load_existing_study(open_existing_storage(storage), study_name)
     _print_status(study_status(study))
 
 

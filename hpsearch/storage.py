@@ -370,6 +370,22 @@ def _open_journal(url: str, *, readonly: bool) -> StorageHandle:
     return StorageHandle(url=f"journal:{path}", kind="journal", storage=storage, path=path)
 
 
+def storage_file(url: str | None) -> Path | None:
+    """The file behind a SQLite or journal URL (None for a server, or a URL `open_storage`
+    will reject with its own message); lets read-only commands check it exists first."""
+    url = (url or DEFAULT_STORAGE).strip()
+    if url.startswith("journal:"):
+        raw = url[len("journal:") :].removeprefix("//")
+        return Path(raw) if raw else None
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return Path(str(parsed.database))
+    return None
+
+
 def _transient(error: BaseException) -> bool:
     """A dropped connection or an unreachable server, as opposed to a bad query or bad data."""
     seen: BaseException | None = error

@@ -106,6 +106,7 @@ def run_worker(
     population: int = 1,
     speed: SpeedOptions | None = None,
     allow_mixed_precision: bool = False,
+    data: DataCache | None = None,
 ) -> WorkerReport:
     """Run trials of one study until it holds `trials` finished ones (or `timeout` passes).
 
@@ -132,7 +133,7 @@ def run_worker(
         return _run_worker(handle, settings, trials=trials, device=device, timeout=timeout,
                            sampler_seed=sampler_seed, on_trial=on_trial, poll_seconds=poll_seconds,
                            population=population, speed=speed,
-                           allow_mixed_precision=allow_mixed_precision)
+                           allow_mixed_precision=allow_mixed_precision, data=data)
 
 
 def _run_worker(
@@ -148,8 +149,9 @@ def _run_worker(
     population: int,
     speed: SpeedOptions | None,
     allow_mixed_precision: bool,
+    data: DataCache | None,
 ) -> WorkerReport:
-    data = DataCache(settings.data_dir, device)
+    data = data or DataCache(settings.data_dir, device)  # the caller may have loaded it already
     base = settings.base_config(0)
     # Load the data before creating any trial: a missing data set is one error, not N failures.
     data.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)

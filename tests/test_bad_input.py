@@ -95,6 +95,19 @@ CASES: dict[str, tuple[Setup, str]] = {
     "final: deeply nested YAML": (
         lambda tmp: ["final", _nested(tmp)],
         "export file deep.yaml is nested too deeply to be an export file"),
+    # commands that only read never create the file they are pointed at
+    **{f"{command} on a missing SQLite file": (
+        lambda tmp, command=command: [command, "quickstart", "--storage", "sqlite:///missing.db"],
+        "storage 'sqlite:///missing.db': missing.db does not exist (nothing was created)")
+       for command in ("best", "status", "report", "export")},
+    "rerun on a missing journal file": (
+        lambda tmp: ["rerun", "quickstart", "0", "--storage", "journal:missing.log"],
+        "storage 'journal:missing.log': missing.log does not exist (nothing was created)"),
+    # a run that fails for missing data leaves no new storage file behind
+    "run without its data": (
+        lambda tmp: ["run", "mnist_mlp", "--storage", "sqlite:///new.db", "--data-dir",
+                     str(tmp / "no-data")],
+        "data set 'mnist' not found"),
 }
 
 

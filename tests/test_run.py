@@ -222,7 +222,7 @@ def test_studies_lists_every_module(cli: CliRunner) -> None:
         (["run", "quickstart", "--storage", "postgresql://nobody@127.0.0.1:5432/test"], 'role "nobody" does not exist'),
         (["run", "quickstart", "--storage", "postgresql://postgres@127.0.0.1:1/test"], "check that the server is running"),
         (["run", "quickstart", "--storage", "journal:/no/such/folder/x.log"], "folder /no/such/folder does not exist"),
-        (["best", "quickstart", "--storage", "sqlite:///{tmp}/empty.db"], "no study 'quickstart'"),
+        (["best", "quickstart", "--storage", "sqlite:///{tmp}/empty.db"], "empty.db does not exist (nothing was created)"),
     ],
 )
 def test_bad_input_gets_a_clear_error(args: list[str], message: str, cli: CliRunner, tmp_path: Path) -> None:
