@@ -100,6 +100,9 @@ def test_allow_other_data_resumes_says_so_and_status_counts_the_trial(
                for w in warnings), warnings
     assert _trials(url) == 2
     assert "1 trial(s) ran on other data" in _ok(cli, ["status", STUDY, "--storage", url])
+    report = tmp_path / "report.html"
+    _ok(cli, ["report", STUDY, "--storage", url, "-o", str(report)])
+    assert f"folder {a} (sha256" in report.read_text() and "train 900, val 100" in report.read_text()
     # Exporting the two together puts a trial on other data beside the rest: refused too.
     _refused(cli, ["export", STUDY, "--storage", url, "--top", "2", "-o", str(tmp_path / "x.yaml")])
     assert not (tmp_path / "x.yaml").exists()
