@@ -183,8 +183,11 @@ def extract_tar_safely(archive: Path, destination: Path, *, keep: str, fix: str)
             raise DataError(f"{archive} holds no {keep}/ folder; {fix}")
         os.rename(staging / keep, destination / keep)
     except _REFUSED as e:
-        raise DataError(f"{archive} was refused: {e} (an archive must not write outside its "
-                        f"folder); nothing was extracted; {fix}") from e
+        # The filter's own message names the staging folder; the member's name says more.
+        member = getattr(e, "tarinfo", None)
+        why = f"its member {member.name!r} is unsafe ({type(e).__name__})" if member else str(e)
+        raise DataError(f"{archive} was refused: {why}; an archive must not write outside its "
+                        f"folder, so nothing was extracted; {fix}") from e
     except (tarfile.TarError, EOFError, zlib.error) as e:
         raise DataError(f"{archive} is damaged ({e or type(e).__name__}); {fix}") from e
     except OSError as e:
@@ -201,7 +204,7 @@ def _checked_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
         target = os.path.normpath(os.path.join(os.path.dirname(m.name), m.linkname)) if m.issym() else m.linkname
         for name in (m.name, target) if m.issym() or m.islnk() else (m.name,):
             if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == "..":
-                raise _UnsafeMember(f"{m.name!r} would be written outside the destination")
+                raise _UnsafeMember(f"its member {m.name!r} would be written outside the folder")
         if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-            raise _UnsafeMember(f"{m.name!r} is a special file")
+            raise _UnsafeMember(f"its member {m.name!r} is a special file")
     return members

@@ -169,7 +169,8 @@ def test_a_crafted_cifar_archive_writes_nothing_outside_and_is_refused(
     assert result.exit_code == 1, result.output
     assert result.output.count("Error:") == 1
     assert f"{folder / 'cifar-10-python.tar.gz'} was refused" in result.output
-    assert "../escaped.txt" in result.output and "nothing was extracted" in result.output
+    assert "its member '../escaped.txt'" in result.output
+    assert "nothing was extracted" in result.output
     assert not (tmp_path / "escaped.txt").exists() and not (folder / "escaped.txt").exists()
     assert sorted(p.name for p in folder.iterdir()) == ["cifar-10-python.tar.gz"]
 
