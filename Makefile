@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # The install step CI runs pins PyTorch; pyproject.toml itself only asks for torch>=2.4, so
-# `pip install -e .` elsewhere takes current releases. Override with e.g. TORCH_SPEC=torch.
+# `pip install -e .` elsewhere takes current releases. Override with e.g. TORCH_SPEC=torch, or
+# add pip options: TORCH_SPEC="torch==2.14.1 torchvision==0.29.1 --index-url https://download.pytorch.org/whl/cpu".
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_STORAGE ?= sqlite:///demo.db
 
@@ -41,9 +42,11 @@ test-browser: install
 	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
 	$(BIN)/python -m pytest -m browser
 
-# Trials per second with 1, 2, 4 and 8 workers on PostgreSQL and a journal file (not a test).
+# Trials per second with 1, 2, 4 and 8 workers on PostgreSQL and a journal file (not a test);
+# the README's table came from these arguments.
+BENCH_WORKERS_ARGS ?= --trivial-trials 150 --real-trials 60
 bench-workers: install
-	$(BIN)/python benchmarks/bench_workers.py
+	$(BIN)/python benchmarks/bench_workers.py $(BENCH_WORKERS_ARGS)
 
 lint: install
 	$(BIN)/ruff check hpsearch studies tests
