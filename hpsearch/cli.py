@@ -58,6 +58,7 @@ from hpsearch.runner import (
     ATTR_CONFIG,
     ATTR_RESULT,
     FAILED,
+    Progress,
     TrialOutcome,
     load_existing_study,
 )
@@ -132,15 +133,25 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
     click.echo(f"study {settings.study_name} ({spec.name} on {settings.dataset}, {settings.epochs} "
                f"epochs max{folds}) on {torch_device}, storage {handle.url}")
     started = time.monotonic()
+    interactive = sys.stdout.isatty()  # the bar draws only on a terminal
     with click.progressbar(length=budget, label="trials", show_pos=True,
                            item_show_func=describe) as bar:
         def on_trial(outcome: TrialOutcome, state: BudgetState) -> None:
             bar.current_item = outcome
             bar.update(min(state.done, budget) - bar.pos)
+            if not interactive:  # a log file: one line per finished trial, as `worker` prints
+                click.echo(f"{describe(outcome)} ({outcome.seconds:.1f} s); study: "
+                           f"{state.done}/{budget} finished")
+
+        def on_progress(progress: Progress) -> None:
+            # A CPU trial can take minutes: redraw with the running trial's epoch.
+            bar.current_item = progress
+            bar.render_progress()
 
         try:
             report = run_worker(handle, settings, trials=budget, device=torch_device,
                                 timeout=timeout, sampler_seed=seed, on_trial=on_trial,
+                                on_progress=on_progress,
                                 population=population, speed=speed_from(compile_, bf16),
                                 allow_mixed_precision=allow_mixed_precision, data=data)
         except KeyboardInterrupt as e:

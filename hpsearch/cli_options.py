@@ -16,7 +16,7 @@ from hpsearch.data import DataCache
 from hpsearch.devices import DEVICE_HELP, resolve_device
 from hpsearch.errors import StorageError
 from hpsearch.registry import PRUNERS, SAMPLERS, load_study
-from hpsearch.runner import RunSettings, TrialOutcome, resolve_settings
+from hpsearch.runner import Progress, RunSettings, TrialOutcome, resolve_settings
 from hpsearch.storage import DEFAULT_STORAGE, StorageHandle, open_storage, storage_file
 from hpsearch.trainer import SpeedOptions
 
@@ -173,8 +173,10 @@ def invoked_as() -> str:
     return f"{shlex.quote(sys.executable)} -m hpsearch"
 
 
-def describe(outcome: TrialOutcome | None) -> str:
+def describe(outcome: TrialOutcome | Progress | None) -> str:
     if outcome is None:
         return ""
+    if isinstance(outcome, Progress):  # the running trial
+        return f"trial {outcome.trial}: {outcome.unit} {outcome.step}/{outcome.of}"
     value = f" {outcome.value:.4f}" if outcome.value is not None else ""
     return f"trial {outcome.number} {outcome.outcome}{value}"

@@ -28,7 +28,7 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -427,6 +427,20 @@ class TrialOutcome:
     error: bool = False  # failed by an exception (bad config, out of memory, a bug), not divergence
 
 
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far the running trial has got: `step` of `of` epochs (or folds, under
+    cross-validation); for a progress display, which the trainer knows nothing about."""
+
+    trial: int
+    step: int
+    of: int
+    unit: str  # "epoch" or "fold"
+
+
+OnProgress = Callable[[Progress], None]
+
+
 def run_trial(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -435,6 +449,7 @@ def run_trial(
     handle: StorageHandle,
     device: torch.device,
     data: DataCache,
+    on_progress: OnProgress | None = None,
 ) -> TrialOutcome:
     """Train one trial and tell Optuna how it ended; only KeyboardInterrupt propagates."""
     spec = settings.spec
@@ -450,7 +465,8 @@ def run_trial(
             set_attr(trial, ATTR_CONFIG, config.to_dict())
             set_attr(trial, ATTR_RUN, run_record(settings, config, device,
                                                  data=data_record(settings, config, data)))
-            result = train_trial(trial, config, settings, device=device, data=data)
+            result = train_trial(trial, config, settings, device=device, data=data,
+                                 on_progress=on_progress)
     except KeyboardInterrupt as e:
         if finish(TrialState.FAIL, INTERRUPTED, interrupt_reason(e)).outcome != TAKEN_OVER:
             retry(study, handle.storage.get_trial(trial._trial_id))
@@ -475,6 +491,7 @@ def train_trial(
     device: torch.device,
     data: DataCache,
     speed: SpeedOptions | None = None,
+    on_progress: OnProgress | None = None,
 ) -> TrainResult | CrossValResult:
     """Train one trial's config alone, on its validation split or on each of its `settings.cv`
     folds, reporting to the trial and stopping when its pruner says so; shared by `run_trial`
@@ -486,6 +503,8 @@ def train_trial(
         folds = data.folds(config.dataset, k=settings.cv, split_seed=config.split_seed)
 
         def on_fold(done: int, running_mean: float) -> bool:
+            if on_progress is not None:
+                on_progress(Progress(trial.number, done, settings.cv, "fold"))
             if not report(trial, running_mean, done):
                 return True
             return ask_pruner and trial.should_prune()
@@ -496,6 +515,8 @@ def train_trial(
                       split_seed=config.split_seed)
 
     def on_epoch(record: EpochRecord) -> bool:
+        if on_progress is not None:
+            on_progress(Progress(trial.number, record.epoch, config.epochs, "epoch"))
         if not report(trial, record.metric(metric), record.epoch):
             return True
         return ask_pruner and trial.should_prune()

@@ -32,6 +32,7 @@ from hpsearch.runner import (
     ATTR_RESULT,
     ATTR_RUN,
     LOST,
+    OnProgress,
     RunSettings,
     TrialOutcome,
     data_record,
@@ -102,6 +103,7 @@ def run_worker(
     timeout: float | None = None,
     sampler_seed: int | None = None,
     on_trial: OnTrial | None = None,
+    on_progress: OnProgress | None = None,
     poll_seconds: float = 1.0,
     population: int = 1,
     speed: SpeedOptions | None = None,
@@ -131,7 +133,8 @@ def run_worker(
         trials = grid
     with handle.single_writer():
         return _run_worker(handle, settings, trials=trials, device=device, timeout=timeout,
-                           sampler_seed=sampler_seed, on_trial=on_trial, poll_seconds=poll_seconds,
+                           sampler_seed=sampler_seed, on_trial=on_trial, on_progress=on_progress,
+                           poll_seconds=poll_seconds,
                            population=population, speed=speed,
                            allow_mixed_precision=allow_mixed_precision, data=data)
 
@@ -145,6 +148,7 @@ def _run_worker(
     timeout: float | None,
     sampler_seed: int | None,
     on_trial: OnTrial | None,
+    on_progress: OnProgress | None,
     poll_seconds: float,
     population: int,
     speed: SpeedOptions | None,
@@ -183,7 +187,7 @@ def _run_worker(
         try:
             if population == 1 and speed is None:
                 outcomes = [run_trial(study, asked[0], settings, handle=handle, device=device,
-                                      data=data)]
+                                      data=data, on_progress=on_progress)]
             else:
                 outcomes = train_batch(study, asked, settings, handle=handle, device=device,
                                        data=data, speed=speed or SpeedOptions())
