@@ -320,8 +320,8 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, object], heartbeat: int | No
 # SQLite's messages for a file it cannot write: a full disk (or quota), a read-only file or
 # file system, a folder where it cannot create its rollback journal, a failing disk.
 _SQLITE_WRITE_FAULTS = {
-    "database or disk is full": "the disk is full; free some space (or move the database) and "
-                                "run the same command again to resume",
+    "database or disk is full": "free some space (or move the database) and run the same "
+                                "command again to resume",
     "attempt to write a readonly database": "the file or its file system is read-only; copy it "
                                             "somewhere writable (status, best, report and export "
                                             "only read it)",

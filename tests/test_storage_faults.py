@@ -4,8 +4,8 @@ Root ignores permission bits, so the default tests simulate the kernel's answers
 an `fsync` that fails after part of the record landed (where ENOSPC surfaces on many file
 systems), SQLite's own limits (`max_page_count` gives the same SQLITE_FULL as a full disk,
 `query_only` the same SQLITE_READONLY as a read-only file), and a read-only folder as `open`
-failing with EROFS or EACCES. `test_real_*` (marker `mount`) do it for real on a tmpfs and a
-read-only bind mount, and skip where mounting is not permitted.
+failing with EROFS or EACCES. `test_real_*` (marker `mount`, in the default run) do it for real
+on a tmpfs and a read-only bind mount, and skip where mounting is not permitted.
 """
 
 from __future__ import annotations
@@ -287,7 +287,7 @@ def _sqlite_disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pragma: A
         c.execute(f"PRAGMA max_page_count = {pages}")
 
     pragma(tmp_path / "study.db", full)
-    return f"sqlite:///{tmp_path / 'study.db'}", "database or disk is full; the disk is full; free"
+    return f"sqlite:///{tmp_path / 'study.db'}", "database or disk is full; free some space"
 
 
 @pytest.mark.parametrize("fault", [_journal_unwritable_folder, _journal_read_only_fs,
@@ -327,3 +327,74 @@ def stored_url_trials(url: str) -> list[optuna.trial.FrozenTrial]:
 
 def finished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
     return [t for t in trials if t.state.is_finished()]
+
+
+# --- the same for real: a full tmpfs and a read-only bind mount (root only) ------------------
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """mount(options..., source=...) -> a fresh mount point, unmounted afterwards."""
+    points: list[Path] = []
+
+    def do(*options: str, source: str = "tmpfs") -> Path:
+        point = tmp_path / f"mnt{len(points)}"
+        point.mkdir()
+        try:
+            done = subprocess.run(["mount", *options, source, str(point)], capture_output=True,
+                                  text=True, check=False)
+        except FileNotFoundError:
+            pytest.skip("no mount(8) here")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount here: {done.stderr.strip() or done.returncode}")
+        points.append(point)
+        return point
+
+    yield do
+    for point in reversed(points):
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def hpsearch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hpsearch", *args], capture_output=True, text=True,
+                          timeout=240, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.mount
+def test_real_full_disk_on_a_journal_then_more_space(mount: Callable[..., Path]) -> None:
+    tiny = mount("-t", "tmpfs", "-o", "size=80k")
+    url = f"journal:{tiny / 'full.log'}"
+    first = hpsearch(*RUN, "--trials", "400", "--storage", url)
+    assert first.returncode == 1 and "Traceback" not in first.stderr, first.stderr
+    assert first.stderr.strip().splitlines()[-1].startswith(f"Error: storage {url}: the disk is full")
+    done = sum(t.state == TrialState.COMPLETE for t in optuna_trials(tiny / "full.log"))
+    assert done >= 5
+
+    subprocess.run(["mount", "-o", "remount,size=5m", str(tiny)], check=True)
+    second = hpsearch(*RUN, "--trials", str(done + 5), "--storage", url)
+    assert second.returncode == 0, second.stderr
+    trials = optuna_trials(tiny / "full.log")
+    assert sum(t.state == TrialState.COMPLETE for t in trials) >= done + 4  # one may have failed on the full disk
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.mount
+def test_real_read_only_mount_is_read_and_refused_for_writing(
+    cli: CliRunner, tmp_path: Path, mount: Callable[..., Path]
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for url in (f"journal:{source / 'study.log'}", f"sqlite:///{source / 'study.db'}"):
+        assert cli.invoke(main, [*RUN, "--trials", "2", "--storage", url]).exit_code == 0
+    ro = mount("--bind", source=str(source))
+    subprocess.run(["mount", "-o", "remount,bind,ro", str(ro)], check=True)
+    stored = snapshot(ro)
+
+    for store in (f"journal:{ro / 'study.log'}", f"sqlite:///{ro / 'study.db'}"):
+        status = cli.invoke(main, ["status", "quickstart", "--storage", store])
+        assert status.exit_code == 0 and "2 complete" in status.output, status.output
+        line = one_error_line(cli.invoke(main, [*RUN, "--trials", "4", "--storage", store]))
+        assert store in line and "Read-only file system" in line
+    line = one_error_line(cli.invoke(main, [*RUN, "--storage", f"journal:{ro / 'new.log'}"]))
+    assert "new.log: cannot open it (Read-only file system)" in line
+    assert snapshot(ro) == stored
