@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import sys
 import threading
 import time
 
@@ -181,6 +184,34 @@ def test_a_worker_whose_trial_is_taken_over_drops_it_and_finishes_the_budget(
     settings = resolve_settings(load_study("quickstart"), epochs=2, pruner="none")
     report = run_worker(handle, settings, trials=3, device=CPU, population=population)
     study = optuna.load_study(study_name="quickstart", storage=open_storage(storage_url).storage)
-    assert done and report.count("taken over") == 1
+    assert done and report.count("taken over") == 1 and report.counts()["taken over"] == 1
     assert budget_state(study).done == 3 and "was taken over" in caplog.text
     assert [t.state for t in study.trials].count(TrialState.RUNNING) == 0
+
+
+def _identity_in_own_pid_namespace() -> dict[str, object] | None:
+    """`worker_identity()` as a worker started under `unshare --pid --fork --mount-proc` sees it."""
+    code = "import json; from hpsearch.runner import worker_identity; print(json.dumps(worker_identity()))"
+    try:
+        done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=120, check=False,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    except FileNotFoundError:
+        return None
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def test_a_worker_in_another_pid_namespace_is_told_apart_and_left_to_the_heartbeat(
+    sqlite_url: str,
+) -> None:
+    other = _identity_in_own_pid_namespace()
+    if other is None:
+        pytest.skip("unshare --pid needs util-linux and root (or user namespaces)")
+    me = worker_identity()
+    assert other["host"] == me["host"] and other["boot_id"] == me["boot_id"]
+    assert other["pid_ns"] != me["pid_ns"] and other["id"] != me["id"]
+    handle = open_storage(sqlite_url)
+    study = open_study(handle, _quickstart())
+    trial = _running_trial(study, {**other, "pid": _gone_pid()})
+    assert recover_lost_trials(study, handle) == []
+    assert study.get_trials()[trial.number].state == TrialState.RUNNING
