@@ -5,7 +5,7 @@ Optuna's `JournalFileBackend` works around three faults here, each without patch
   skip a torn *last* line, but the next append lands after it and glues the two into one line
   that no reader, Optuna's included, can parse again. `JournalFile` never appends after a torn
   line: it sets the file aside as a backup and cuts the tail back to the last complete record,
-  and it undoes its own partial writes.
+  and it undoes its own partial writes. A file already glued that way is mended on opening.
 - Optuna's default lock is a symlink with a 30 s grace period, so a writer SIGKILLed while
   holding it stalls every other writer for 30 s. `FlockLock` is a kernel `flock`, freed the
   moment its holder dies.
@@ -115,6 +115,11 @@ class JournalFile(JournalFileBackend):
             yield
         finally:
             self._lock.release()
+
+    def mend(self) -> Path | None:
+        """Mend lines glued together by an older writer (see `mend_glued_lines`), under the lock."""
+        with self._locked():
+            return mend_glued_lines(Path(self._file_path))
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
         # The same encoding as Optuna's own `append_logs`, so either can read what the other wrote.
@@ -235,6 +240,57 @@ def cut_torn_tail(path: Path, *, quick: bool = False) -> Path | None:
         "killed mid-write): removed it, keeping every complete record; the file as it was is "
         "saved as %s", path, size - cut, backup)
     return backup
+
+
+def mend_glued_lines(path: Path) -> Path | None:
+    """Repair a journal in which a record was appended after a torn line (by Optuna's writer, or
+    hpsearch before it checked): the torn fragment is dropped and the complete record glued to
+    its end kept. Returns the backup of the file as it was, or None if no line needed mending.
+
+    The caller holds the append lock. The mended file replaces the old one by rename; Optuna's
+    readers in other processes could not read past the damaged line, so none holds an offset
+    beyond it.
+    """
+    try:
+        lines = path.read_bytes().splitlines(keepends=True)
+        mended: list[bytes] = []
+        dropped = 0
+        for line in lines:
+            if line.endswith(b"\n") and _parses(line):
+                mended.append(line)
+                continue
+            dropped += 1
+            start = line.rfind(b'{"op_code":')
+            while start > 0 and not (line.endswith(b"\n") and _parses(line[start:])):
+                start = line.rfind(b'{"op_code":', 0, start)
+            if start > 0:
+                mended.append(line[start:])
+        if not dropped:
+            return None
+        backup = _backup(path)
+        shutil.copy2(path, backup)
+        fresh = path.with_name(path.name + ".mending")
+        with open(fresh, "wb") as f:
+            f.write(b"".join(mended))
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.copymode(path, fresh)
+        os.replace(fresh, path)
+    except OSError as e:
+        raise write_error(str(path), e, "repair") from e
+    logger.warning(
+        "journal %s had %d damaged line(s) (a record appended after an incomplete one, by an "
+        "older writer): removed the incomplete parts, keeping every complete record; the file as "
+        "it was is saved as %s", path, dropped, backup)
+    return backup
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def _torn_tail(f: BinaryIO, size: int, *, quick: bool) -> int | None:

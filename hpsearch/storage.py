@@ -366,7 +366,16 @@ def _open_journal(url: str, *, readonly: bool) -> StorageHandle:
     try:
         storage = JournalStorage(backend)
     except (ValueError, OSError) as e:
-        raise StorageError(f"storage {url!r}: {path} is not an Optuna journal file ({e})") from e
+        # A line that does not parse: mend it if an older writer glued a record to a torn one,
+        # then read again with a fresh backend (Optuna's caches offsets per line).
+        if readonly or not isinstance(backend, JournalFile) or backend.mend() is None:
+            fix = "; a writing command (run, worker) mends a journal whose record was glued to " \
+                  "an incomplete one" if readonly else ""
+            raise StorageError(f"storage {url!r}: {path} is not an Optuna journal file ({e}){fix}") from e
+        try:
+            storage = JournalStorage(JournalFile(str(path)))
+        except (ValueError, OSError) as e2:
+            raise StorageError(f"storage {url!r}: {path} is not an Optuna journal file ({e2})") from e2
     return StorageHandle(url=f"journal:{path}", kind="journal", storage=storage, path=path)
 
 

@@ -95,6 +95,28 @@ def test_a_torn_last_line_is_set_aside_and_appends_go_after_the_last_record(
     assert f"saved as {backups[0]}" in caplog.text and "keeping every complete record" in caplog.text
 
 
+def test_a_record_glued_to_a_torn_line_by_an_older_writer_is_mended(
+    cli: CliRunner, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "study.log"
+    study = optuna.create_study(study_name="s", storage=open_storage(f"journal:{path}").storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    good = path.read_bytes()
+    damaged = (good + b'{"op_code":8,"worker_id":"w","trial_id":2,"user_attr":{"run":{"se'
+               + b'{"op_code":2,"worker_id":"w","study_id":0,"user_attr":{"note":"glued"}}\n'
+               + b'{"op_code":2,"worker_id":"w","study_id":0,"user_attr":{"more":"after"}}\n')
+    path.write_bytes(damaged)
+    # Optuna's reader, and so hpsearch's read-only commands, cannot read it; they say what mends it.
+    line = one_error_line(cli.invoke(main, ["status", "s", "--storage", f"journal:{path}"]))
+    assert "a writing command (run, worker) mends" in line and path.read_bytes() == damaged
+
+    study = optuna.load_study(study_name="s", storage=open_storage(f"journal:{path}").storage)
+    assert study.user_attrs == {"note": "glued", "more": "after"} and len(study.trials) == 3
+    assert [b.read_bytes() for b in tmp_path.glob("study.log.torn-*")] == [damaged]
+    assert "had 1 damaged line(s)" in caplog.text
+    assert len(optuna_trials(path, "s")) == 3  # Optuna's own reader
+
+
 def test_a_full_disk_mid_run_is_one_error_and_the_next_run_resumes(cli: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "study.log"
     url = f"journal:{path}"
