@@ -101,6 +101,7 @@ def studies_command() -> None:
         click.echo(
             f"{'':12} data: {', '.join(spec.datasets)}; {spec.trials} trials, "
             f"{spec.sampler} sampler, {spec.pruner} pruner, metric {spec.metric}"
+            + (f", {spec.cv}-fold cross-validation on small sets" if spec.cv else "")
         )
     for message in broken:
         click.echo(f"Error: {message}", err=True)

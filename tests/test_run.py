@@ -203,6 +203,7 @@ def test_studies_lists_every_module(cli: CliRunner) -> None:
     output = cli.invoke(main, ["studies"]).output
     for name in study_names():
         assert name in output
+    assert "metric val_error, 5-fold cross-validation on small sets" in output  # iris_mlp
 
 
 # --- bad input: a clear error naming the value and the fix, and nothing stored lost ---------
