@@ -301,6 +301,11 @@ def _lost_reason(
     if same_pids and (worker.get("pid") == me["pid"] or not _process_alive(int(worker["pid"]))):
         return f"worker {who} died while running this trial"
     beat = trial.system_attrs.get(ATTR_BEAT)
+    if not isinstance(beat, (int, float)) and trial.datetime_start is not None:
+        # A worker that died between asking for the trial and its first beat (or a journal an
+        # older hpsearch wrote, which has no beats) would otherwise hold the trial forever; the
+        # first beat follows the ask within milliseconds, so the start time stands in for it.
+        beat = trial.datetime_start.timestamp()
     if grace is not None and isinstance(beat, (int, float)) and now - beat > grace:
         return f"worker {who} sent no heartbeat for {now - beat:.0f} s (grace {grace:.0f} s)"
     return None

@@ -140,6 +140,22 @@ def test_a_journal_trial_of_a_dead_worker_on_another_host_is_recovered_by_its_he
     assert retried[0].user_attrs["run"]["worker"]["id"] == worker_identity()["id"]
 
 
+def test_a_journal_trial_that_never_beat_is_recovered_once_its_start_is_older_than_the_grace(
+    journal_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker killed between `ask` and its first beat, or a journal from before beats existed.
+    monkeypatch.setenv("HPSEARCH_HEARTBEAT_SECONDS", "1")
+    handle = open_storage(journal_url)
+    study = open_study(handle, _quickstart())
+    elsewhere = {"host": "container2", "pid": 1, "id": "x", "boot_id": "y", "pid_ns": 1}
+    orphan = _running_trial(study, elsewhere)
+    assert ATTR_BEAT not in study.get_trials()[orphan.number].system_attrs
+    assert recover_lost_trials(study, handle) == []  # just started: it may still beat
+    time.sleep(3.5)
+    assert recover_lost_trials(study, handle) == [orphan.number]
+    assert study.get_trials()[orphan.number].state == TrialState.FAIL
+
+
 def test_the_journal_heartbeat_is_written_while_a_trial_runs(journal_url: str) -> None:
     handle = open_storage(journal_url, heartbeat=1)
     study = open_study(handle, _quickstart())
