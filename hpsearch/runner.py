@@ -14,7 +14,6 @@ is what its pruner compares between trials; its value is the mean over the k fol
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import functools
 import hashlib
@@ -61,7 +60,7 @@ from hpsearch.outcomes import (  # the words are re-exported here, where callers
     outcome_attrs,
 )
 from hpsearch.registry import StudySpec, suggest_config
-from hpsearch.storage import MAX_RETRIES, StorageHandle
+from hpsearch.storage import ATTR_BEAT, StorageHandle, requeue
 from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -98,9 +97,6 @@ def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
     trial.set_user_attr(key, finite_json(value))
 
 
-# Trial system attribute: the wall-clock time of the last beat, on storages without Optuna's
-# heartbeat (the journal file).
-ATTR_BEAT = "hpsearch:heartbeat"
 
 
 # Optuna's `studies.study_name` column is VARCHAR(512); SQLite does not enforce it, PostgreSQL does.
@@ -695,20 +691,8 @@ def taken_over(trial: optuna.Trial) -> TrialOutcome:
 
 
 def retry(study: optuna.Study, failed: FrozenTrial) -> None:
-    """Queue the parameters of a trial that did not finish through no fault of its own.
-
-    Optuna's callback copies every user attribute into the queued trial; the copy would carry
-    the stopped attempt's outcome and worker, so `status` and the dashboard would show a queued
-    trial as interrupted and credit it to the worker that stopped. The queued trial gets the
-    parameters and Optuna's retry history only.
-    """
-    fresh = copy.deepcopy(failed)
-    fresh.user_attrs = {}
-    # Our journal beat too: the queued trial would look dead as soon as a worker asks for it.
-    fresh.system_attrs.pop(ATTR_BEAT, None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, fresh)
+    """Queue the parameters of a trial that did not finish through no fault of its own."""
+    requeue(study, failed)
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ Three backends, all Optuna's own:
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -309,12 +310,31 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, object], heartbeat: int | No
         engine_kwargs=engine_kwargs,
         heartbeat_interval=heartbeat,
         grace_period=3 * heartbeat if heartbeat else None,
-        heartbeat_stale_trial_callback=(
-            optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
-            if heartbeat
-            else None
-        ),
+        heartbeat_stale_trial_callback=requeue if heartbeat else None,
     )
+
+
+# hpsearch's own heartbeat on the journal, which Optuna's storage lacks (a trial system attribute).
+ATTR_BEAT = "hpsearch:heartbeat"
+
+
+def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
+    """Queue the parameters of a trial that did not finish through no fault of its own.
+
+    Optuna's `RetryHeartbeatStaleTrialCallback` copies every user attribute into the queued
+    trial; the copy would carry the stopped attempt's outcome and worker, so `status` and the
+    dashboard would show a queued trial as interrupted, credit it to the worker that stopped, and
+    the dead worker's pid could get the retry failed as lost before its new worker records itself.
+    The queued trial gets the parameters and Optuna's retry history only. Used for the trials
+    Optuna's heartbeat fails as well as for those hpsearch fails itself.
+    """
+    fresh = copy.deepcopy(failed)
+    fresh.user_attrs = {}
+    # Our journal beat too: the queued trial would look dead as soon as a worker asks for it.
+    fresh.system_attrs.pop(ATTR_BEAT, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, fresh)
 
 
 # SQLite's messages for a file it cannot write: a full disk (or quota), a read-only file or

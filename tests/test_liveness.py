@@ -156,6 +156,25 @@ def test_a_journal_trial_that_never_beat_is_recovered_once_its_start_is_older_th
     assert study.get_trials()[orphan.number].state == TrialState.FAIL
 
 
+def test_a_trial_optunas_heartbeat_fails_is_queued_without_the_dead_attempts_record(
+    sqlite_url: str,
+) -> None:
+    # The copy Optuna's own callback makes would carry the dead worker's record: its pid could
+    # get the retry failed as lost, and `status` would credit the retry to the dead worker.
+    handle = open_storage(sqlite_url, heartbeat=1)
+    study = open_study(handle, _quickstart())
+    elsewhere = {"host": "container2", "pid": 1, "id": "x", "boot_id": "y", "pid_ns": 1}
+    dead = _running_trial(study, elsewhere)
+    handle.storage.record_heartbeat(dead._trial_id)
+    time.sleep(4.5)  # SQLite's clock (CURRENT_TIMESTAMP) has whole seconds; grace is 3
+    recover_lost_trials(study, handle)
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(queued) == 1 and queued[0].params == trials[dead.number].params
+    assert queued[0].user_attrs == {}
+
+
 def test_the_journal_heartbeat_is_written_while_a_trial_runs(journal_url: str) -> None:
     handle = open_storage(journal_url, heartbeat=1)
     study = open_study(handle, _quickstart())
