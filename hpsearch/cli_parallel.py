@@ -213,11 +213,15 @@ def _print_status(status: StudyStatus) -> None:
                    f"{status.best.params}")
     now = datetime.datetime.now()
     for t in status.running:
-        worker = t.user_attrs.get(ATTR_RUN, {}).get("worker", {})
+        run = t.user_attrs.get(ATTR_RUN, {})
+        worker = run.get("worker", {})
         age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
-        steps = len(t.intermediate_values)
+        # A cross-validated trial reports once per fold (its running mean), not per epoch.
+        folds = run.get("split", {}).get("cv_folds", 0)
+        steps = f"{len(t.intermediate_values)} of {folds} folds" if folds > 1 else (
+            f"{len(t.intermediate_values)} epoch(s)")
         click.echo(f"  running: trial #{t.number} on {worker.get('host')}:{worker.get('pid')}, "
-                   f"{age:.0f} s, {steps} epoch(s) reported")
+                   f"{age:.0f} s, {steps} reported")
     if status.workers:
         click.echo(f"workers seen in the last {RECENT_SECONDS / 60:.0f} min:")
         for w in status.workers:

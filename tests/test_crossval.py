@@ -224,3 +224,18 @@ def test_where_cross_validation_applies(tmp_path: Path) -> None:
     module.write_text(CV_STUDY.replace("CV = 3", "CV = -2"))
     with pytest.raises(StudyError, match="CV = -2; give the number of folds"):
         load_study(str(module))
+
+
+def test_status_counts_a_running_cross_validated_trial_in_folds(
+    cli: CliRunner, cv_module: Path, sqlite_url: str
+) -> None:
+    _run(cli, cv_module, sqlite_url, "--trials", "1")
+    study = optuna.load_study(study_name="cv_iris", storage=sqlite_url)
+    running = study.ask()
+    running.set_user_attr("run", {"worker": {"host": "h", "pid": 1}, "split": {"cv_folds": 3}})
+    for fold, mean in enumerate((0.2, 0.25), start=1):
+        running.report(mean, fold)
+    result = cli.invoke(main, ["status", "cv_iris", "--storage", sqlite_url])
+    assert result.exit_code == 0, result.output
+    assert f"running: trial #{running.number} on h:1" in result.output
+    assert "2 of 3 folds reported" in result.output
