@@ -248,7 +248,10 @@ def test_ctrl_c_on_launch_stops_every_worker_and_leaves_nothing_running(
         subprocess.run(["pkill", "-KILL", "-f", study], check=False)
     assert proc.returncode == 130, output
     trials = _trials(postgres_url, "slow_all")
-    assert TrialState.RUNNING not in [t.state for t in trials]
+    # The launcher's and workers' output, and every trial, to tell which worker kept going.
+    seen = output + "\n" + "\n".join(f"{t.number} {t.state.name} {t.params} {t.user_attrs}"
+                                     for t in trials)
+    assert TrialState.RUNNING not in [t.state for t in trials], seen
     interrupted = [t for t in trials if t.state == TrialState.FAIL]
     assert len(interrupted) == 2
     assert {t.user_attrs["result"]["outcome"] for t in interrupted} == {"interrupted"}
