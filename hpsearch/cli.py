@@ -164,9 +164,15 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
         click.echo(f"note: {report.precision_note}")
     if report.already_done:
         click.echo(f"resumed: {report.already_done} trials were already finished")
-    click.echo(f"ran {len(report.outcomes)} trials in {elapsed:.1f} s: "
-               f"{describe_counts(report.counts())}"
-               + (" (stopped by --timeout)" if report.stopped == "timeout" else ""))
+    if report.outcomes:
+        click.echo(f"ran {len(report.outcomes)} trials in {elapsed:.1f} s: "
+                   f"{describe_counts(report.counts())}"
+                   + (" (stopped by --timeout)" if report.stopped == "timeout" else ""))
+    elif report.stopped == "timeout":
+        click.echo("ran no trials: --timeout passed before the first one could start")
+    else:
+        click.echo(f"ran no trials: the study already holds its {report.budget}; raise --trials "
+                   "to run more")
     for outcome in report.outcomes:
         if outcome.outcome == FAILED:
             click.echo(f"  trial {outcome.number} failed: {outcome.reason}")
