@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
+import scipy.stats
 import yaml
 
 from hpsearch.cli import main
@@ -31,6 +34,22 @@ def suggest(trial, base):
 '''
 
 DIGITS_TRAIN, DIGITS_TEST = 1437, 360  # scikit-learn's 1797 digits, 20% held out
+
+
+def wilson_by_formula(errors: int, n: int) -> tuple[float, float]:
+    """Wilson's 95% score interval written out, to check hpsearch's call into scipy."""
+    z = scipy.stats.norm.ppf(0.975)
+    p = errors / n
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    return centre - half, centre + half
+
+
+def t_by_formula(values: list[float]) -> tuple[float, float]:
+    """Student's 95% t interval for the mean: mean +- t(0.975, n-1) * s / sqrt(n)."""
+    n = len(values)
+    half = scipy.stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n)
+    return float(np.mean(values) - half), float(np.mean(values) + half)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +126,7 @@ def test_export_then_final_without_the_study(early_study, cli, tmp_path: Path) -
             wrong = sum(p != y for p, y in zip(run["predictions"], labels))
             assert run["errors"] == wrong and run["error"] == pytest.approx(wrong / DIGITS_TEST)
             low, high = run["error_ci"]
-            assert low <= run["error"] <= high
-            assert (low, high) == pytest.approx(wilson_interval(wrong, DIGITS_TEST))
+            assert (low, high) == pytest.approx(wilson_by_formula(wrong, DIGITS_TEST))
             assert run["accuracy_ci"] == pytest.approx([1 - high, 1 - low])
             assert sum(map(sum, run["confusion"])) == DIGITS_TEST
             assert run["accuracy"] > 0.5  # ten classes: far above chance
@@ -119,13 +137,22 @@ def test_export_then_final_without_the_study(early_study, cli, tmp_path: Path) -
             assert record["source_hash"] == entry["source_hash"]
             assert record["device_name"].startswith("CPU") and "torch" in record["versions"]
         summary = config["summary"]
-        low, high = summary["error_t_ci"]
-        assert low <= summary["mean_error"] <= high
-        assert summary["mean_error"] == pytest.approx(sum(r["error"] for r in runs) / 3)
+        errors = [r["error"] for r in runs]
+        assert summary["mean_error"] == pytest.approx(np.mean(errors))
+        assert summary["error_t_ci"] == pytest.approx(t_by_formula(errors))
 
+    # McNemar on the two configs' plurality votes, recounted here from the stored predictions.
     (pair,) = document["comparisons"]
-    assert pair["verdict"] in ("tied", f"{pair['a']} better", f"{pair['b']} better")
-    assert 0.0 <= pair["p_value"] <= pair["p_holm"] <= 1.0
+    right_a, right_b = ([v == y for v, y in zip(c["summary"]["vote_predictions"], labels)]
+                        for c in document["configs"])
+    only_a = sum(a and not b for a, b in zip(right_a, right_b))
+    only_b = sum(b and not a for a, b in zip(right_a, right_b))
+    assert (pair["only_a_correct"], pair["only_b_correct"]) == (only_a, only_b)
+    p_value = scipy.stats.binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    assert pair["p_value"] == pytest.approx(p_value)
+    assert pair["p_holm"] == pytest.approx(p_value)  # one pair: Holm leaves its p-value as it is
+    better = pair["a"] if only_a > only_b else pair["b"]
+    assert pair["verdict"] == ("tied" if p_value >= 0.05 else f"{better} better")
     table = out.with_suffix(".md").read_text()
     assert "| config | data | search value | test error: mean (95% t-CI)" in table
     assert "early#" in table and "McNemar p" in table

@@ -155,6 +155,10 @@ def test_cnns_train_on_images(mnist_dir) -> None:
     lenet = TrainConfig(dataset="mnist", model="lenet5", optimizer="sgd", lr=0.05, momentum=0.9, epochs=3, batch_size=32)
     assert train(lenet, splits, device=CPU).final.val_accuracy > 0.5  # 10 classes: chance is 0.1
     cifar = make_splits(load_raw("tiny-cifar"), name="tiny-cifar", val_fraction=0.1, split_seed=0)
-    alexnet = TrainConfig(dataset="tiny-cifar", model="alexnet_cifar", dropout=0.5, epochs=1, batch_size=64)
+    alexnet = TrainConfig(dataset="tiny-cifar", model="alexnet_cifar", dropout=0.5, epochs=2, batch_size=64)
     result = train(alexnet, cifar, device=CPU)
-    assert result.history[0].train_loss > 0 and result.n_params > 5_000_000
+    assert result.n_params > 5_000_000
+    # With the optimizer step removed the training loss stays at ln(10) = 2.303 (to within 1e-4)
+    # and validation accuracy at chance, 0.1; two real epochs take them from 2.70 to 2.28 and 0.43.
+    assert result.history[-1].train_loss < 0.9 * result.history[0].train_loss
+    assert result.final.val_accuracy > 0.25
