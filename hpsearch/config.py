@@ -31,6 +31,17 @@ INITS = (
 )
 LOSSES = ("cross_entropy", "nll", "mse")
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw", "adagrad", "adadelta")
+# The learning-rate range a study searches for each optimizer, around its usual scale
+# (Adadelta's default is 1.0). Shared by the studies that search over optimizers; its bounds
+# are part of their search spaces, so a change makes new trials incomparable with stored ones.
+LR_RANGES: dict[str, tuple[float, float]] = {
+    "sgd": (1e-3, 0.3),
+    "rmsprop": (1e-5, 1e-2),
+    "adam": (1e-5, 1e-2),
+    "adamw": (1e-5, 1e-2),
+    "adagrad": (1e-3, 0.3),
+    "adadelta": (0.05, 3.0),
+}
 SCHEDULES = ("none", "step", "cosine")
 BATCH_MODES = ("full", "mini", "sample")
 STOPPING = ("fixed", "early", "target")

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import optuna
 
-from hpsearch.config import TrainConfig
+from hpsearch.config import LR_RANGES, TrainConfig
 
 # Hinton's 784-500-300-10 setting: Adam, batch 100, 20 epochs, 54k/6k split.
 BASE = TrainConfig(dataset="mnist", hidden=(500, 300), batch_size=100, epochs=20)
 DATASETS = ("mnist", "fashion-mnist", "digits")
 TRIALS = 100
 PRUNER = "median"
-
-# Each optimizer gets a learning-rate range around its usual scale (Adadelta's default is 1.0).
-LR_RANGES = {
-    "sgd": (1e-3, 0.3),
-    "rmsprop": (1e-5, 1e-2),
-    "adam": (1e-5, 1e-2),
-    "adamw": (1e-5, 1e-2),
-    "adagrad": (1e-3, 0.3),
-    "adadelta": (0.05, 3.0),
-}
 
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import optuna
 
-from hpsearch.config import TrainConfig
+from hpsearch.config import LR_RANGES, TrainConfig
 
 BASE = TrainConfig(dataset="mnist", hidden=(500, 300), batch_size=100, epochs=10)
 DATASETS = ("mnist", "fashion-mnist", "digits")
 TRIALS = 60
 PRUNER = "median"
-
-LR_RANGES = {
-    "sgd": (1e-3, 0.3),
-    "rmsprop": (1e-5, 1e-2),
-    "adam": (1e-5, 1e-2),
-    "adamw": (1e-5, 1e-2),
-    "adagrad": (1e-3, 0.3),
-    "adadelta": (0.05, 3.0),
-}
 
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:

@@ -7,6 +7,7 @@ for, alongside the fixed values and the `TrainConfig` fields they must land in.
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ from optuna.distributions import (
 )
 from optuna.trial import FixedTrial
 
+from hpsearch.config import LR_RANGES, OPTIMIZERS
 from hpsearch.registry import load_study, study_names
 
 
@@ -151,3 +153,11 @@ def test_suggest_maps_fixed_params_onto_the_config(name: str) -> None:
             config = spec.suggest(trial, base)
         assert trial.distributions == {param: dist for param, (_, dist) in case.params.items()}
         assert config == base.replace(**case.expected)
+
+
+def test_studies_share_one_learning_rate_table() -> None:
+    """mnist_mlp and optimizers search the same lr range per optimizer, from one table."""
+    for name in ("mnist_mlp", "optimizers"):
+        assert importlib.import_module(f"studies.{name}").LR_RANGES is LR_RANGES
+    assert tuple(LR_RANGES) == OPTIMIZERS
+    assert {name: floats(*bounds, log=True) for name, bounds in LR_RANGES.items()} == LR
