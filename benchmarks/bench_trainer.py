@@ -36,6 +36,7 @@ from hpsearch.config import TrainConfig
 from hpsearch.data import RawData, Split, Splits, load_raw, make_splits, register_dataset
 from hpsearch.devices import resolve_device
 from hpsearch.models import build_model
+from hpsearch.optuna_private import TRIAL_SUGGEST
 from hpsearch.population import train_population
 from hpsearch.registry import load_study
 from hpsearch.runner import resolve_settings
@@ -198,8 +199,7 @@ def _sync(device: torch.device) -> None:
 def _optuna_timer() -> Iterator[dict[str, list[float]]]:
     """Seconds spent in each Optuna call the workers make, by name."""
     spent: dict[str, list[float]] = collections.defaultdict(list)
-    # Trial._suggest is internal: it is where every suggest_* call writes its parameter.
-    targets = [(optuna.Study, "ask"), (optuna.Trial, "_suggest"), (optuna.Trial, "set_user_attr"),
+    targets = [(optuna.Study, "ask"), (optuna.Trial, TRIAL_SUGGEST), (optuna.Trial, "set_user_attr"),
                (optuna.Trial, "report"), (optuna.Trial, "should_prune"), (optuna.Study, "tell")]
     originals = [(cls, name, getattr(cls, name)) for cls, name in targets]
 

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from hpsearch.config import TrainConfig
 from hpsearch.crossval import CrossValResult
 from hpsearch.data import DataCache
+from hpsearch.optuna_private import trial_id
 from hpsearch.outcomes import interrupt_reason
 from hpsearch.population import stackable_key, train_population
 from hpsearch.registry import suggest_config
@@ -90,7 +91,7 @@ def _run_batch(
 ) -> None:
     """Train and tell every trial of the batch; only KeyboardInterrupt propagates."""
     spec = settings.spec
-    with heartbeat(handle, [pending.trial._trial_id for pending in batch]):
+    with heartbeat(handle, [trial_id(pending.trial) for pending in batch]):
         try:
             for pending in batch:
                 _prepare(study, pending, settings, device)
@@ -119,7 +120,7 @@ def _run_batch(
                     _fail(study, pending, None, INTERRUPTED, interrupt_reason(e), spec.metric)
                     assert pending.outcome is not None
                     if pending.outcome.outcome != TAKEN_OVER:
-                        retry(study, handle.storage.get_trial(pending.trial._trial_id))
+                        retry(study, handle.storage.get_trial(trial_id(pending.trial)))
             raise
 
 

@@ -29,10 +29,8 @@ from typing import Any, BinaryIO
 
 from optuna.storages.journal import JournalFileBackend
 
-# The lock's base class is documented (the `lock_obj` of JournalFileBackend) but not exported.
-from optuna.storages.journal._file import BaseJournalFileLock
-
 from hpsearch.errors import StorageError
+from hpsearch.optuna_private import BaseJournalFileLock
 
 logger = logging.getLogger(__name__)
 

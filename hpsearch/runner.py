@@ -49,6 +49,7 @@ from hpsearch.data import (
 )
 from hpsearch.devices import device_name
 from hpsearch.errors import HPSearchError, StudyError
+from hpsearch.optuna_private import BaseHeartbeat, trial_id
 from hpsearch.outcomes import (  # the words are re-exported here, where callers import them
     COMPLETE,
     FAILED,
@@ -456,7 +457,7 @@ def run_trial(
                        metric=spec.metric, error=error)
 
     try:
-        with heartbeat(handle, trial._trial_id):
+        with heartbeat(handle, trial_id(trial)):
             config = suggest_config(spec, trial, settings.base_config(trial.number))
             set_attr(trial, ATTR_CONFIG, config.to_dict())
             set_attr(trial, ATTR_RUN, run_record(settings, config, device,
@@ -465,7 +466,7 @@ def run_trial(
                                  on_progress=on_progress)
     except KeyboardInterrupt as e:
         if finish(TrialState.FAIL, INTERRUPTED, interrupt_reason(e)).outcome != TAKEN_OVER:
-            retry(study, handle.storage.get_trial(trial._trial_id))
+            retry(study, handle.storage.get_trial(trial_id(trial)))
         raise
     except optuna.exceptions.UpdateFinishedTrialError:
         return taken_over(trial)
@@ -718,7 +719,7 @@ def heartbeat(handle: StorageHandle, trial_id: int | Sequence[int]) -> Iterator[
             # Optuna's journal has no heartbeat; this beat is read by `worker.recover_lost_trials`.
             storage.set_trial_system_attr(one, ATTR_BEAT, round(time.time(), 3))
         else:
-            assert isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat)
+            assert isinstance(storage, BaseHeartbeat)
             storage.record_heartbeat(one)
 
     def beat() -> None:

@@ -25,12 +25,12 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalStorage
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
 from hpsearch.journal import JournalFile, JournalFileReader
+from hpsearch.optuna_private import BaseHeartbeat, cached_storage
 
 logger = logging.getLogger(__name__)
 
@@ -238,10 +238,8 @@ def open_storage(
     if kind == "sqlite":
         _translate_sqlite_errors(storage.engine, shown)
     if kind == "postgresql":
-        # Optuna caches finished trials in front of an RDB storage (as `create_study` would do
-        # itself); the retrying layer sits outside that cache.
         # (mypy cannot see the methods that the loop below the class fills in.)
-        retrying = RetryingStorage(optuna.storages._CachedStorage(storage), what=shown)  # type: ignore[abstract]
+        retrying = RetryingStorage(storage, what=shown)  # type: ignore[abstract]
         return StorageHandle(url=shown, kind=kind, storage=retrying)
     return StorageHandle(url=shown, kind=kind, storage=storage, path=path)
 
@@ -449,9 +447,10 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     engine replaces pooled connections the restart killed.
     """
 
-    def __init__(self, inner: optuna.storages._CachedStorage, *, what: str) -> None:
-        self._cached = inner
-        self.inner: optuna.storages.RDBStorage = inner._backend
+    def __init__(self, inner: optuna.storages.RDBStorage, *, what: str) -> None:
+        # Optuna's cache of finished trials sits inside the retrying layer.
+        self._cached = cached_storage(inner)
+        self.inner = inner
         self._what = what
         self.retry_seconds = db_retry_seconds()
 

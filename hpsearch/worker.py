@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from hpsearch.batch_worker import train_batch
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
+from hpsearch.optuna_private import trial_id
 from hpsearch.outcomes import COUNTED, ORDER, TAKEN_OVER, outcome_attrs, trial_outcome
 from hpsearch.runner import (
     ATTR_BEAT,
@@ -273,15 +274,15 @@ def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]
         if reason is None:
             continue
         try:
-            handle.storage.set_trial_user_attr(t._trial_id, ATTR_RESULT, {"outcome": LOST, "reason": reason})
+            handle.storage.set_trial_user_attr(trial_id(t), ATTR_RESULT, {"outcome": LOST, "reason": reason})
             for key, value in outcome_attrs(LOST, reason).items():
-                handle.storage.set_trial_user_attr(t._trial_id, key, value)
-            if not handle.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                handle.storage.set_trial_user_attr(trial_id(t), key, value)
+            if not handle.storage.set_trial_state_values(trial_id(t), state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # another worker, or the heartbeat, got there first
         logger.warning("trial %d: %s; queued again", t.number, reason)
-        retry(study, handle.storage.get_trial(t._trial_id))
+        retry(study, handle.storage.get_trial(trial_id(t)))
         lost.append(t.number)
     return lost
 

@@ -15,6 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch import batch_worker, runner
+from hpsearch.optuna_private import trial_id
 from hpsearch.registry import load_study
 from hpsearch.runner import (
     ATTR_BEAT,
@@ -122,9 +123,9 @@ def test_a_journal_trial_of_a_dead_worker_on_another_host_is_recovered_by_its_he
     study = open_study(handle, settings)
     elsewhere = {"host": "container2", "pid": 1, "id": "x", "boot_id": "y", "pid_ns": 1}
     orphan = _running_trial(study, elsewhere)
-    handle.storage.set_trial_system_attr(orphan._trial_id, ATTR_BEAT, time.time() - 3.5)
+    handle.storage.set_trial_system_attr(trial_id(orphan), ATTR_BEAT, time.time() - 3.5)
     alive = _running_trial(study, elsewhere)  # beating: must be left alone
-    handle.storage.set_trial_system_attr(alive._trial_id, ATTR_BEAT, time.time())
+    handle.storage.set_trial_system_attr(trial_id(alive), ATTR_BEAT, time.time())
     assert recover_lost_trials(study, handle) == [orphan.number]
     study.tell(alive, 0.5)
 
@@ -165,7 +166,7 @@ def test_a_trial_optunas_heartbeat_fails_is_queued_without_the_dead_attempts_rec
     study = open_study(handle, _quickstart())
     elsewhere = {"host": "container2", "pid": 1, "id": "x", "boot_id": "y", "pid_ns": 1}
     dead = _running_trial(study, elsewhere)
-    handle.storage.record_heartbeat(dead._trial_id)
+    handle.storage.record_heartbeat(trial_id(dead))
     time.sleep(4.5)  # SQLite's clock (CURRENT_TIMESTAMP) has whole seconds; grace is 3
     recover_lost_trials(study, handle)
     trials = study.get_trials()
@@ -179,7 +180,7 @@ def test_the_journal_heartbeat_is_written_while_a_trial_runs(journal_url: str) -
     handle = open_storage(journal_url, heartbeat=1)
     study = open_study(handle, _quickstart())
     trial = study.ask()
-    with heartbeat(handle, trial._trial_id):
+    with heartbeat(handle, trial_id(trial)):
         time.sleep(1.5)
     beats = study.get_trials()[0].system_attrs[ATTR_BEAT]
     assert time.time() - 3 < beats <= time.time()
@@ -193,8 +194,8 @@ def _fail_from_outside(url: str) -> None:
     other = open_storage(url, heartbeat=None)
     study = optuna.load_study(study_name="quickstart", storage=other.storage)
     victim = min(study.get_trials(states=(TrialState.RUNNING,)), key=lambda t: t.number)
-    other.storage.set_trial_state_values(victim._trial_id, state=TrialState.FAIL)
-    retry(study, other.storage.get_trial(victim._trial_id))
+    other.storage.set_trial_state_values(trial_id(victim), state=TrialState.FAIL)
+    retry(study, other.storage.get_trial(trial_id(victim)))
 
 
 @pytest.mark.parametrize("population", [1, 2])

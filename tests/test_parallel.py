@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from hpsearch.cli import main
 from hpsearch.errors import HPSearchError, StorageError
+from hpsearch.optuna_private import trial_id
 from hpsearch.parallel import parse_gpus, plan_workers, worker_env
 from hpsearch.registry import load_study
 from hpsearch.runner import resolve_settings
@@ -148,7 +149,7 @@ def test_the_heartbeat_fails_a_silent_trial_of_another_host_and_queues_it_again(
     orphan.suggest_float("lr", 1e-3, 1e-2, log=True)
     # A worker on another machine (so no process check can see it) that beat once and died.
     orphan.set_user_attr("run", {"worker": {"host": "elsewhere", "pid": 1}})
-    handle.storage.record_heartbeat(orphan._trial_id)
+    handle.storage.record_heartbeat(trial_id(orphan))
     time.sleep(3.5)  # the grace period is 3 beats
     report = run_worker(handle, settings, trials=2, device=CPU)
     trials = study.get_trials()
