@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from typing import Any, BinaryIO
 from optuna.storages.journal import JournalFileBackend
 
 from hpsearch.errors import StorageError
+from hpsearch.locks import lock_file, unlock_file
 from hpsearch.optuna_private import BaseJournalFileLock
 
 logger = logging.getLogger(__name__)
@@ -60,13 +60,7 @@ class FlockLock(BaseJournalFileLock):
         self._held = threading.local()
 
     def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._held.fd = fd
+        self._held.fd = lock_file(self.path, blocking=True)
         return True
 
     def release(self) -> None:
@@ -74,7 +68,7 @@ class FlockLock(BaseJournalFileLock):
         if fd is None:
             raise RuntimeError(f"{self.path} is not locked by this thread")
         self._held.fd = None
-        os.close(fd)  # closing the last descriptor of the open file releases the flock
+        unlock_file(fd)
 
 
 class JournalFile(JournalFileBackend):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import fcntl
 import hashlib
 import logging
 import os
@@ -30,6 +29,7 @@ from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
 from hpsearch.journal import JournalFile, JournalFileReader
+from hpsearch.locks import flock
 from hpsearch.optuna_private import BaseHeartbeat, cached_storage
 
 logger = logging.getLogger(__name__)
@@ -87,26 +87,22 @@ class StorageHandle:
             yield
             return
         assert self.path is not None
-        try:
-            handle = open(f"{self.path}.hpsearch-worker", "a")  # noqa: SIM115 - closed below
-        except OSError as e:
-            raise StorageError(
-                f"storage {self.url}: cannot create {self.path}.hpsearch-worker beside it "
-                f"({e.strerror}); a worker needs to write the database and its folder: pick a "
-                "writable folder or fix its permissions (status, best, report and export only read)"
-            ) from e
-        with handle:
+        with contextlib.ExitStack() as held:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.enter_context(flock(f"{self.path}.hpsearch-worker", blocking=False))
             except BlockingIOError as e:
                 raise StorageError(
                     f"another worker is already writing {self.url}; SQLite takes one writer at a "
                     f"time. {self.parallel_hint()}"
                 ) from e
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+            except OSError as e:
+                raise StorageError(
+                    f"storage {self.url}: cannot create {self.path}.hpsearch-worker beside it "
+                    f"({e.strerror}); a worker needs to write the database and its folder: pick a "
+                    "writable folder or fix its permissions (status, best, report and export only "
+                    "read)"
+                ) from e
+            yield
 
     @contextlib.contextmanager
     def lock(self, study_name: str) -> Iterator[None]:
@@ -143,12 +139,8 @@ class StorageHandle:
                     conn.close()
         else:
             assert self.path is not None
-            with open(f"{self.path}.hpsearch-lock", "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(handle, fcntl.LOCK_UN)
+            with flock(f"{self.path}.hpsearch-lock", blocking=True):
+                yield
 
 
 def default_heartbeat() -> int:
