@@ -205,7 +205,21 @@ def make_sampler(settings: RunSettings, *, seed: int | None) -> optuna.samplers.
     assert name == "grid" and settings.spec.grid
     # The seed shuffles the grid, and a trial's grid point is an index into that order: every
     # worker must share one order, or two workers' indices would name the same point.
-    return optuna.samplers.GridSampler(dict(settings.spec.grid), seed=settings.seed)
+    return AskTellGridSampler(dict(settings.spec.grid), seed=settings.seed)
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, without the `study.stop()` it calls once the last point is told.
+
+    `Study.stop` works only inside `Study.optimize`; with ask/tell it raises RuntimeError from
+    `study.tell` (after storing the trial's state; Optuna documents this, issues #4121, #5141).
+    hpsearch asks and tells itself and stops a grid study on its own count (`grid_size`), and
+    stopping is all that `GridSampler.after_trial` does, so it is left out rather than caught.
+    """
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        pass
 
 
 def resume_seed(seed: int, n_trials: int) -> int:
@@ -646,14 +660,8 @@ def _finish(
         told = study.tell(trial, value, state=state, skip_if_finished=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         return taken_over(trial)
-    except RuntimeError as e:
-        # GridSampler calls `study.stop()` once the last grid point is told, which Optuna allows
-        # only inside `optimize`; the state is stored by then, and the worker stops on its budget.
-        if "Study.stop" not in str(e):
-            raise
-    else:
-        if told.state != state:
-            return taken_over(trial)
+    if told.state != state:
+        return taken_over(trial)
     if outcome in (FAILED, INTERRUPTED):
         logger.warning("trial %d %s: %s", trial.number, outcome, reason)
     return TrialOutcome(

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from hpsearch.cli import main
 from hpsearch.devices import resolve_device
 from hpsearch.registry import load_study, study_names
-from hpsearch.runner import open_study, resolve_settings
+from hpsearch.runner import grid_size, make_sampler, open_study, resolve_settings
 from hpsearch.storage import open_storage
 from hpsearch.worker import run_worker
 
@@ -190,6 +190,18 @@ def test_run_worker_stops_at_the_study_budget_on_every_storage(storage_url: str)
     study = optuna.load_study(study_name=settings.study_name, storage=open_storage(storage_url).storage)
     params = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(params) == 4 and len(set(params)) == 4  # a grid never repeats a point
+
+
+def test_telling_the_last_grid_point_through_ask_and_tell_raises_nothing() -> None:
+    # Optuna's GridSampler calls `study.stop()` there, which raises outside `Study.optimize`.
+    settings = resolve_settings(load_study("depth_width"), dataset="parity-4", epochs=2)
+    size = grid_size(settings)
+    assert size is not None and size > 1
+    study = optuna.create_study(sampler=make_sampler(settings, seed=None))
+    for _ in range(size):
+        study.tell(study.ask(), 0.5)
+    assert isinstance(study.sampler, optuna.samplers.GridSampler) and study.sampler.is_exhausted(study)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * size
 
 
 def test_best_prints_the_full_config(cli: CliRunner, sqlite_url: str) -> None:
