@@ -236,10 +236,6 @@ def open_storage(
     return StorageHandle(url=shown, kind=kind, storage=storage, path=path)
 
 
-# A server that is restarting or dropped this session, as opposed to a wrong host, port, user or
-# database, which should fail at once with its reason.
-_SERVER_WENT_AWAY = ("terminating connection", "server closed the connection", "connection reset",
-                     "the database system is starting up", "the database system is shutting down")
 OPEN_RETRY_SECONDS = 30.0
 
 
@@ -259,8 +255,7 @@ def _open_rdb(
             with _schema_lock(url):
                 return _rdb_storage(url, engine_kwargs, heartbeat)
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as e:
-            text = str(e.__cause__ or e).lower()
-            if not postgres or not any(m in text for m in _SERVER_WENT_AWAY):
+            if not postgres or not _server_went_away(e):
                 raise
             if time.monotonic() > deadline:
                 raise
@@ -405,10 +400,18 @@ def storage_file(url: str | None) -> Path | None:
     return None
 
 
-def _transient(error: BaseException) -> bool:
-    """A dropped connection or an unreachable server, as opposed to a bad query or bad data."""
+def _causes(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the errors it was raised from (Optuna and SQLAlchemy wrap the driver's)."""
     seen: BaseException | None = error
     while seen is not None:
+        yield seen
+        orig = seen.orig if isinstance(seen, sqlalchemy.exc.DBAPIError) else None
+        seen = seen.__cause__ or seen.__context__ or orig
+
+
+def _transient(error: BaseException) -> bool:
+    """A dropped connection or an unreachable server, as opposed to a bad query or bad data."""
+    for seen in _causes(error):
         if isinstance(seen, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError)):
             return True
         if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
@@ -417,7 +420,29 @@ def _transient(error: BaseException) -> bool:
             "OperationalError", "InterfaceError"
         ):
             return True
-        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _server_went_away(error: BaseException) -> bool:
+    """PostgreSQL dropped this session or refuses connections for now (a restart, a shutdown,
+    crash recovery), as opposed to a wrong host, port, user or database, which should fail at
+    once with its reason."""
+    import psycopg  # here, not at the top: only PostgreSQL storages get this far
+
+    for seen in _causes(error):
+        if isinstance(seen, sqlalchemy.exc.DBAPIError) and seen.connection_invalidated:
+            return True  # SQLAlchemy's disconnect check: psycopg found the session broken
+        if isinstance(seen, (psycopg.errors.AdminShutdown, psycopg.errors.CrashShutdown,
+                             psycopg.errors.CannotConnectNow)):
+            return True  # SQLSTATE class 57 (operator intervention) on an open session
+        if isinstance(seen, psycopg.OperationalError) and seen.pgconn is not None:
+            # A refused connection attempt has no SQLSTATE (libpq keeps only the message), so ask
+            # libpq's PQping, as `pg_isready` does: REJECT is a server up but not taking
+            # connections (SQLSTATE 57P03); NO_RESPONSE a wrong address or a server down; OK a
+            # server that is fine, so the user, password or database was wrong.
+            options = {o.keyword.decode(): o.val.decode() for o in seen.pgconn.info if o.val is not None}
+            conninfo = psycopg.conninfo.make_conninfo(**options)
+            return psycopg.pq.PGconn.ping(conninfo.encode()) == psycopg.pq.Ping.REJECT
     return False
 
 
