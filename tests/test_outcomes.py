@@ -45,6 +45,15 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"bare {name} in stored JSON")
 
 
+def _third_trial_training(storage: str) -> bool:
+    """The third trial of `slow_third` has reported an epoch: a signal now lands mid-trial."""
+    try:
+        trials = optuna.load_study(study_name="slow_third", storage=storage).trials
+    except KeyError:
+        return False
+    return len(trials) == 3 and len(trials[2].intermediate_values) >= 1
+
+
 def test_a_diverged_trial_is_stored_as_strict_json(cli: CliRunner, tmp_path: Path) -> None:
     module = tmp_path / "diverging.py"
     module.write_text(DIVERGING_STUDY)
@@ -105,15 +114,8 @@ def test_an_interrupted_trial_reads_the_same_everywhere(
          "--device", "cpu"], env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    def third_training() -> bool:
-        try:
-            trials = optuna.load_study(study_name="slow_third", storage=storage).trials
-        except KeyError:
-            return False
-        return len(trials) == 3 and len(trials[2].intermediate_values) >= 1
-
     try:
-        _wait_for(third_training)
+        _wait_for(lambda: _third_trial_training(storage))
         worker.send_signal(signum)
         output, _ = worker.communicate(timeout=60)
     finally:
@@ -186,15 +188,8 @@ def test_launch_passes_on_the_signal_it_got(tmp_path: Path) -> None:
          "--storage", url, "--device", "cpu"], env={**os.environ, "OMP_NUM_THREADS": "1"},
         text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    def third_training() -> bool:
-        try:
-            trials = optuna.load_study(study_name="slow_third", storage=storage).trials
-        except KeyError:
-            return False
-        return len(trials) == 3 and len(trials[2].intermediate_values) >= 1
-
     try:
-        _wait_for(third_training)
+        _wait_for(lambda: _third_trial_training(storage))
         launcher.send_signal(signal.SIGTERM)
         output, _ = launcher.communicate(timeout=60)
     finally:
