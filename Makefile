@@ -62,4 +62,4 @@ bench-trainer: install
 	$(BIN)/python benchmarks/bench_trainer.py --data-dir $(FASHION_MNIST_DIR) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache demo.db demo.log *.hpsearch-* report.html best.yaml final.json final.md
+	rm -rf $(VENV) *.egg-info .pytest_cache demo.db demo.log *.hpsearch-* *.torn-* report.html best.yaml final.json final.md
