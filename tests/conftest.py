@@ -124,3 +124,24 @@ def iris_splits():
     from hpsearch.data import load_raw
 
     return make_splits(load_raw("iris"), name="iris", val_fraction=0.2, split_seed=0)
+
+
+def interrupted_once_study(*, trial: int, epochs: int) -> str:
+    """A study module whose trial `trial` raises KeyboardInterrupt once (a stand-in for Ctrl-C or
+    a kill); the retry of that trial and every other trial train normally."""
+    return f'''
+"""Trial {trial} is interrupted once (a stand-in for Ctrl-C or a kill)."""
+from pathlib import Path
+from hpsearch.config import TrainConfig
+
+BASE = TrainConfig(dataset="iris", hidden=(8,), epochs={epochs})
+PRUNER = "none"
+FLAG = Path(__file__).with_suffix(".interrupted")
+
+def suggest(trial, base):
+    lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+    if trial.number == {trial} and not FLAG.exists():
+        FLAG.write_text("once")
+        raise KeyboardInterrupt
+    return base.replace(lr=lr)
+'''

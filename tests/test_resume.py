@@ -9,23 +9,9 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
+from tests.conftest import interrupted_once_study
 
-INTERRUPTED_AT_3 = '''
-"""Trial 3 is interrupted once (a stand-in for Ctrl-C or a kill)."""
-from pathlib import Path
-from hpsearch.config import TrainConfig
-
-BASE = TrainConfig(dataset="iris", hidden=(8,), epochs=1)
-PRUNER = "none"
-FLAG = Path(__file__).with_suffix(".interrupted")
-
-def suggest(trial, base):
-    lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
-    if trial.number == 3 and not FLAG.exists():
-        FLAG.write_text("once")
-        raise KeyboardInterrupt
-    return base.replace(lr=lr)
-'''
+INTERRUPTED_AT_3 = interrupted_once_study(trial=3, epochs=1)
 
 
 def _lrs(url: str, name: str) -> list[float]:

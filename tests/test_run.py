@@ -16,6 +16,7 @@ from hpsearch.registry import load_study, study_names
 from hpsearch.runner import grid_size, make_sampler, open_study, resolve_settings
 from hpsearch.storage import open_storage
 from hpsearch.worker import run_worker
+from tests.conftest import interrupted_once_study
 
 CPU = torch.device("cpu")
 
@@ -145,22 +146,7 @@ def test_a_raising_study_module_fails_its_trials_then_stops_with_the_reason(
     assert "ValueError: bug in the study module" in trials[0].user_attrs["result"]["reason"]
 
 
-INTERRUPTED_STUDY = '''
-"""Trial 1 is interrupted once (a stand-in for Ctrl-C)."""
-from pathlib import Path
-from hpsearch.config import TrainConfig
-
-BASE = TrainConfig(dataset="iris", hidden=(8,), epochs=2)
-PRUNER = "none"
-FLAG = Path(__file__).with_suffix(".interrupted")
-
-def suggest(trial, base):
-    lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
-    if trial.number == 1 and not FLAG.exists():
-        FLAG.write_text("once")
-        raise KeyboardInterrupt
-    return base.replace(lr=lr)
-'''
+INTERRUPTED_STUDY = interrupted_once_study(trial=1, epochs=2)
 
 
 def test_an_interrupted_trial_is_queued_again_and_the_rerun_resumes(

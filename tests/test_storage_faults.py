@@ -71,6 +71,13 @@ def fail_journal_fsync(monkeypatch: pytest.MonkeyPatch, path: Path, *, at: int) 
 # --- item 1: a torn last line is never appended to -------------------------------------------
 
 
+def _journal_of_three_trials(path: Path) -> bytes:
+    """A journal holding study "s" with three complete trials; its bytes."""
+    study = optuna.create_study(study_name="s", storage=open_storage(f"journal:{path}").storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("tail", [
     b'{"op_code":8,"worker_id":"w","trial_id":2,"user_attr":{"run":{"se',  # cut mid-record
     b'{"op_code":8,"worker_id":"w","tri{"op_code":4,"worker_id":"w"}\n',  # glued by an older writer
@@ -79,9 +86,7 @@ def test_a_torn_last_line_is_set_aside_and_appends_go_after_the_last_record(
     tail: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "study.log"
-    study = optuna.create_study(study_name="s", storage=open_storage(f"journal:{path}").storage)
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
-    good = path.read_bytes()
+    good = _journal_of_three_trials(path)
     path.write_bytes(good + tail)
 
     study = optuna.load_study(study_name="s", storage=open_storage(f"journal:{path}").storage)
@@ -99,9 +104,7 @@ def test_a_record_glued_to_a_torn_line_by_an_older_writer_is_mended(
     cli: CliRunner, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "study.log"
-    study = optuna.create_study(study_name="s", storage=open_storage(f"journal:{path}").storage)
-    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
-    good = path.read_bytes()
+    good = _journal_of_three_trials(path)
     damaged = (good + b'{"op_code":8,"worker_id":"w","trial_id":2,"user_attr":{"run":{"se'
                + b'{"op_code":2,"worker_id":"w","study_id":0,"user_attr":{"note":"glued"}}\n'
                + b'{"op_code":2,"worker_id":"w","study_id":0,"user_attr":{"more":"after"}}\n')
