@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 import psycopg
 
-from hpsearch.storage import open_storage
+from hpsearch.search.storage import open_storage
 
 ADMIN = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -1,5 +1,5 @@
 """Built-in study modules, one per question; `hpsearch studies` lists them.
 
 Each module declares a search space (`suggest(trial, base) -> TrainConfig`) and its defaults;
-hpsearch.registry documents the names a module may define.
+hpsearch.search.registry documents the names a module may define.
 """

@@ -18,8 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from hpsearch.cli import main
-from hpsearch.dashboard import _ThreadedServer, is_loopback, make_dashboard_server
-from hpsearch.storage import open_storage
+from hpsearch.analysis.dashboard import _ThreadedServer, is_loopback, make_dashboard_server
+from hpsearch.search.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 3

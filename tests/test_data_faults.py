@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpsearch.cli import main
-from hpsearch.data_files import extract_tar_safely
+from hpsearch.data.files import extract_tar_safely
 from tests.conftest import write_idx
 
 STUDY = "quickstart-fashion-mnist"

@@ -14,11 +14,11 @@ import yaml
 
 from hpsearch.cli import main
 from hpsearch.errors import ConfigError, HPSearchError, StudyError
-from hpsearch.export import export_document, load_exported
-from hpsearch.final import compare_configs, markdown
-from hpsearch.registry import load_study
-from hpsearch.stats import wilson_interval
-from hpsearch.storage import open_storage
+from hpsearch.analysis.export import export_document, load_exported
+from hpsearch.analysis.final import compare_configs, markdown
+from hpsearch.search.registry import load_study
+from hpsearch.analysis.stats import wilson_interval
+from hpsearch.search.storage import open_storage
 
 # Early stopping with patience 1, so the export has a stopping rule to convert.
 EARLY_STUDY = '''"""Early stopping on digits, for the export tests."""

@@ -11,8 +11,8 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits, load_raw, make_splits
-from hpsearch.population import train_population
-from hpsearch.trainer import SpeedOptions, train
+from hpsearch.training.population import train_population
+from hpsearch.training.trainer import SpeedOptions, train
 
 pytestmark = [
     pytest.mark.gpu,

@@ -14,10 +14,10 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hpsearch import batch_worker, runner
-from hpsearch.optuna_private import trial_id
-from hpsearch.registry import load_study
-from hpsearch.runner import (
+from hpsearch.search import batch_worker, runner
+from hpsearch.search.optuna_private import trial_id
+from hpsearch.search.registry import load_study
+from hpsearch.search.runner import (
     ATTR_BEAT,
     heartbeat,
     open_study,
@@ -26,8 +26,8 @@ from hpsearch.runner import (
     study_attrs,
     worker_identity,
 )
-from hpsearch.storage import open_storage
-from hpsearch.worker import budget_state, recover_lost_trials, run_worker
+from hpsearch.search.storage import open_storage
+from hpsearch.search.worker import budget_state, recover_lost_trials, run_worker
 
 CPU = torch.device("cpu")
 
@@ -227,7 +227,7 @@ def test_a_worker_whose_trial_is_taken_over_drops_it_and_finishes_the_budget(
 
 def _identity_in_own_pid_namespace() -> dict[str, object] | None:
     """`worker_identity()` as a worker started under `unshare --pid --fork --mount-proc` sees it."""
-    code = "import json; from hpsearch.runner import worker_identity; print(json.dumps(worker_identity()))"
+    code = "import json; from hpsearch.search.runner import worker_identity; print(json.dumps(worker_identity()))"
     try:
         done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
                               capture_output=True, text=True, timeout=120, check=False,

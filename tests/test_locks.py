@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from hpsearch.errors import StorageError
-from hpsearch.journal import FlockLock
-from hpsearch.locks import flock
-from hpsearch.storage import open_storage
+from hpsearch.search.journal import FlockLock
+from hpsearch.search.locks import flock
+from hpsearch.search.storage import open_storage
 
 
 def test_a_held_flock_refuses_a_second_holder_until_released(tmp_path: Path) -> None:

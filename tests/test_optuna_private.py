@@ -1,4 +1,4 @@
-"""Each piece of Optuna's private API that hpsearch uses (all in hpsearch/optuna_private.py) still
+"""Each piece of Optuna's private API that hpsearch uses (all in hpsearch/search/optuna_private.py) still
 exists in the installed Optuna with the shape hpsearch relies on; a failure names the piece and
 the Optuna version, so an Optuna upgrade that breaks one is found here and not in a worker."""
 
@@ -18,7 +18,7 @@ PRIVATE_IMPORTS = [
 
 
 def _changed(name: str, what: str) -> str:
-    return (f"Optuna {optuna.__version__}: {name} {what}; update hpsearch/optuna_private.py "
+    return (f"Optuna {optuna.__version__}: {name} {what}; update hpsearch/search/optuna_private.py "
             "(the only module that uses it) for this Optuna")
 
 
@@ -32,7 +32,7 @@ def test_every_private_name_hpsearch_imports_exists(module: str, name: str) -> N
 
 
 def test_trial_id_is_the_storage_id_of_asked_and_frozen_trials() -> None:
-    from hpsearch.optuna_private import trial_id
+    from hpsearch.search.optuna_private import trial_id
 
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage)
@@ -49,7 +49,7 @@ def test_trial_id_is_the_storage_id_of_asked_and_frozen_trials() -> None:
 
 
 def test_cached_storage_wraps_an_rdb_storage_with_the_heartbeat(tmp_path: Path) -> None:
-    from hpsearch.optuna_private import BaseHeartbeat, cached_storage, trial_id
+    from hpsearch.search.optuna_private import BaseHeartbeat, cached_storage, trial_id
 
     rdb = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'c.db'}", heartbeat_interval=10)
     cached = cached_storage(rdb)
@@ -65,7 +65,7 @@ def test_cached_storage_wraps_an_rdb_storage_with_the_heartbeat(tmp_path: Path) 
 
 
 def test_base_heartbeat_declares_record_heartbeat_and_rdb_storage_implements_it() -> None:
-    from hpsearch.optuna_private import BaseHeartbeat
+    from hpsearch.search.optuna_private import BaseHeartbeat
 
     assert "record_heartbeat" in BaseHeartbeat.__abstractmethods__, \
         _changed("optuna.storages._heartbeat.BaseHeartbeat", "no longer declares record_heartbeat")
@@ -74,8 +74,8 @@ def test_base_heartbeat_declares_record_heartbeat_and_rdb_storage_implements_it(
 
 
 def test_base_journal_file_lock_is_the_lock_interface_of_the_file_backend(tmp_path: Path) -> None:
-    from hpsearch.journal import FlockLock
-    from hpsearch.optuna_private import BaseJournalFileLock
+    from hpsearch.search.journal import FlockLock
+    from hpsearch.search.optuna_private import BaseJournalFileLock
 
     assert BaseJournalFileLock.__abstractmethods__ == {"acquire", "release"}, _changed(
         "optuna.storages.journal._file.BaseJournalFileLock",
@@ -88,7 +88,7 @@ def test_base_journal_file_lock_is_the_lock_interface_of_the_file_backend(tmp_pa
 
 
 def test_every_suggest_goes_through_the_method_the_benchmark_times(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hpsearch.optuna_private import TRIAL_SUGGEST
+    from hpsearch.search.optuna_private import TRIAL_SUGGEST
 
     name = f"optuna.Trial.{TRIAL_SUGGEST}"
     original = getattr(optuna.Trial, TRIAL_SUGGEST, None)

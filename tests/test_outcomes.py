@@ -21,12 +21,12 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
-from hpsearch.dashboard import make_dashboard_server
-from hpsearch.outcomes import describe_counts, outcome_counts
-from hpsearch.report import build_report, parameter_table
-from hpsearch.runner import TrialOutcome
-from hpsearch.storage import open_storage
-from hpsearch.worker import WorkerReport
+from hpsearch.analysis.dashboard import make_dashboard_server
+from hpsearch.search.outcomes import describe_counts, outcome_counts
+from hpsearch.analysis.report import build_report, parameter_table
+from hpsearch.search.runner import TrialOutcome
+from hpsearch.search.storage import open_storage
+from hpsearch.search.worker import WorkerReport
 
 # Trial 0 diverges (lr 1e6 with SGD): its val_loss reaches NaN before the training loss does.
 DIVERGING_STUDY = '''"""lr 1e6 diverges."""

@@ -20,12 +20,12 @@ from optuna.trial import TrialState
 
 from hpsearch.cli import main
 from hpsearch.errors import HPSearchError, StorageError
-from hpsearch.optuna_private import trial_id
-from hpsearch.parallel import parse_gpus, plan_workers, worker_env
-from hpsearch.registry import load_study
-from hpsearch.runner import resolve_settings
-from hpsearch.storage import _transient, open_storage
-from hpsearch.worker import budget_state, run_worker
+from hpsearch.search.optuna_private import trial_id
+from hpsearch.search.launch import parse_gpus, plan_workers, worker_env
+from hpsearch.search.registry import load_study
+from hpsearch.search.runner import resolve_settings
+from hpsearch.search.storage import _transient, open_storage
+from hpsearch.search.worker import budget_state, run_worker
 
 CPU = torch.device("cpu")
 
@@ -142,7 +142,7 @@ def test_the_heartbeat_fails_a_silent_trial_of_another_host_and_queues_it_again(
     monkeypatch.setenv("HPSEARCH_HEARTBEAT_SECONDS", "1")
     handle = open_storage(postgres_url)
     settings = resolve_settings(load_study("quickstart"), epochs=1, pruner="none")
-    from hpsearch.runner import open_study
+    from hpsearch.search.runner import open_study
 
     study = open_study(handle, settings)
     orphan = study.ask()

@@ -15,14 +15,14 @@ from hpsearch.cli import main
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits, load_raw, make_splits
 from hpsearch.errors import ConfigError
-from hpsearch.optim import build_optimizer
-from hpsearch.population import stackable_key, train_population
-from hpsearch.registry import load_study
-from hpsearch.runner import open_study, resolve_settings
-from hpsearch.stacked_optim import StackedOptimizer
-from hpsearch.storage import open_storage
-from hpsearch.trainer import EpochRecord, train
-from hpsearch.worker import run_worker
+from hpsearch.training.optim import build_optimizer
+from hpsearch.training.population import stackable_key, train_population
+from hpsearch.search.registry import load_study
+from hpsearch.search.runner import open_study, resolve_settings
+from hpsearch.training.stacked_optim import StackedOptimizer
+from hpsearch.search.storage import open_storage
+from hpsearch.training.trainer import EpochRecord, train
+from hpsearch.search.worker import run_worker
 
 CPU = torch.device("cpu")
 BASE = TrainConfig(dataset="digits", hidden=(32, 16), batch_size=64, epochs=3)
@@ -190,7 +190,7 @@ class _PruneTrialOne(optuna.pruners.BasePruner):
 def test_population_worker_prunes_members_one_by_one(
     sqlite_url: str, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("hpsearch.runner.make_pruner", lambda settings: _PruneTrialOne())
+    monkeypatch.setattr("hpsearch.search.runner.make_pruner", lambda settings: _PruneTrialOne())
     settings = resolve_settings(load_study("hinton_mlp"), dataset="fashion-mnist", epochs=3,
                                 data_dir=mnist_dir)
     handle = open_storage(sqlite_url)

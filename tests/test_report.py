@@ -15,10 +15,10 @@ from click.testing import CliRunner
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpsearch import report as report_module
+from hpsearch.analysis import report as report_module
 from hpsearch.cli import main
-from hpsearch.report import build_report, write_report
-from hpsearch.storage import open_storage
+from hpsearch.analysis.report import build_report, write_report
+from hpsearch.search.storage import open_storage
 
 FIGURES = ("Optimization history", "Parameter importances", "Parallel coordinates", "Slice plots",
            "Contour of", "Intermediate values (learning curves)")

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from hpsearch.cli import main
 from hpsearch.errors import StudyError
-from hpsearch.rerun import rerun_trial
-from hpsearch.storage import open_storage
+from hpsearch.analysis.rerun import rerun_trial
+from hpsearch.search.storage import open_storage
 
 # Dropout and early stopping draw on the random streams and keep a best epoch: the hard case.
 NOISY_STUDY = '''"""Dropout and early stopping on iris."""

@@ -12,10 +12,10 @@ from optuna.trial import TrialState
 
 from hpsearch.cli import main
 from hpsearch.devices import resolve_device
-from hpsearch.registry import load_study, study_names
-from hpsearch.runner import grid_size, make_sampler, open_study, resolve_settings
-from hpsearch.storage import open_storage
-from hpsearch.worker import run_worker
+from hpsearch.search.registry import load_study, study_names
+from hpsearch.search.runner import grid_size, make_sampler, open_study, resolve_settings
+from hpsearch.search.storage import open_storage
+from hpsearch.search.worker import run_worker
 from tests.conftest import interrupted_once_study
 
 CPU = torch.device("cpu")
@@ -89,7 +89,7 @@ def test_pruned_trials_are_recorded_as_pruned(sqlite_url: str) -> None:
     study = open_study(handle, settings)
     study.pruner = optuna.pruners.ThresholdPruner(upper=0.0)  # prunes every trial after epoch 1
     from hpsearch.data import DataCache
-    from hpsearch.runner import run_trial
+    from hpsearch.search.runner import run_trial
 
     outcome = run_trial(study, study.ask(), settings, handle=handle, device=CPU, data=DataCache(None, CPU))
     assert outcome.outcome == "pruned"

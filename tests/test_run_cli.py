@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
-from hpsearch.cli_options import invoked_as
+from hpsearch.cli.options import invoked_as
 
 
 def test_run_never_prints_the_database_password(cli: CliRunner, postgres_url: str) -> None:
@@ -111,10 +111,10 @@ def test_run_started_in_the_background_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_the_running_trial_reports_its_epochs_and_folds(sqlite_url: str, tmp_path: Path) -> None:
-    from hpsearch.registry import load_study
-    from hpsearch.runner import Progress, resolve_settings
-    from hpsearch.storage import open_storage
-    from hpsearch.worker import run_worker
+    from hpsearch.search.registry import load_study
+    from hpsearch.search.runner import Progress, resolve_settings
+    from hpsearch.search.storage import open_storage
+    from hpsearch.search.worker import run_worker
 
     seen: list[Progress] = []
     settings = resolve_settings(load_study("quickstart"), epochs=2, pruner="none")
@@ -131,8 +131,8 @@ def test_the_running_trial_reports_its_epochs_and_folds(sqlite_url: str, tmp_pat
 
 
 def test_run_shows_the_running_trial_and_logs_each_finished_one(cli: CliRunner, sqlite_url: str) -> None:
-    from hpsearch.cli_options import describe
-    from hpsearch.runner import Progress
+    from hpsearch.cli.options import describe
+    from hpsearch.search.runner import Progress
 
     assert describe(Progress(trial=3, step=4, of=20, unit="epoch")) == "trial 3: epoch 4/20"
     result = cli.invoke(main, ["run", "quickstart", "--trials", "2", "--epochs", "1",

@@ -21,7 +21,7 @@ from optuna.distributions import (
 from optuna.trial import FixedTrial
 
 from hpsearch.config import LR_RANGES, OPTIMIZERS
-from hpsearch.registry import load_study, study_names
+from hpsearch.search.registry import load_study, study_names
 
 
 def floats(low: float, high: float, *, log: bool = False) -> FloatDistribution:

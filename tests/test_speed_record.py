@@ -11,10 +11,10 @@ from optuna.distributions import FloatDistribution
 
 from hpsearch.cli import main
 from hpsearch.config import TrainConfig
-from hpsearch.report import build_report
-from hpsearch.rerun import rerun_trial
-from hpsearch.storage import open_storage
-from hpsearch.trainer import SpeedOptions
+from hpsearch.analysis.report import build_report
+from hpsearch.analysis.rerun import rerun_trial
+from hpsearch.search.storage import open_storage
+from hpsearch.training.trainer import SpeedOptions
 
 CPU = torch.device("cpu")
 QUICK = ["--epochs", "2", "--device", "cpu", "--pruner", "none"]

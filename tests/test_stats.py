@@ -8,7 +8,7 @@ import math
 import pytest
 
 from hpsearch.errors import HPSearchError
-from hpsearch.stats import (
+from hpsearch.analysis.stats import (
     holm,
     mcnemar_exact,
     mcnemar_paired,

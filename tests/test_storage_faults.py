@@ -30,8 +30,8 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
-from hpsearch.journal import FlockLock
-from hpsearch.storage import open_storage
+from hpsearch.search.journal import FlockLock
+from hpsearch.search.storage import open_storage
 
 RUN = ["run", "quickstart", "--epochs", "1", "--pruner", "none", "--sampler", "random"]
 
@@ -163,7 +163,7 @@ def test_a_writer_killed_while_holding_the_journal_lock_stalls_nobody(tmp_path: 
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import time
-            from hpsearch.storage import open_storage
+            from hpsearch.search.storage import open_storage
             open_storage("journal:{path}").storage._backend._lock.acquire()
             print("locked", flush=True)
             time.sleep(60)

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from hpsearch import storage
+from hpsearch.search import storage
 from hpsearch.errors import StorageError
-from hpsearch.storage import open_storage
+from hpsearch.search.storage import open_storage
 
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/db"
 
@@ -99,7 +99,7 @@ def test_a_server_that_is_starting_up_is_waited_for(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(storage, "OPEN_RETRY_SECONDS", 1.5)
-    caplog.set_level(logging.WARNING, logger="hpsearch.storage")
+    caplog.set_level(logging.WARNING, logger="hpsearch.search.storage")
     with _refusing_server("57P03", "the database system is starting up") as (port, attempts), \
             pytest.raises(StorageError, match="the database system is starting up"):
         open_storage(f"postgresql+psycopg://postgres@127.0.0.1:{port}/db")
@@ -110,7 +110,7 @@ def test_a_server_that_refuses_the_database_fails_at_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(storage, "OPEN_RETRY_SECONDS", 1.5)
-    caplog.set_level(logging.WARNING, logger="hpsearch.storage")
+    caplog.set_level(logging.WARNING, logger="hpsearch.search.storage")
     with _refusing_server("3D000", 'database "db" does not exist') as (port, attempts), \
             pytest.raises(StorageError, match='database "db" does not exist'):
         open_storage(f"postgresql+psycopg://postgres@127.0.0.1:{port}/db")

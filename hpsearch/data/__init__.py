@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hpsearch.data_files import (
+from hpsearch.data.files import (
     combined_sha256,
     extract_tar_safely,
     file_sha256,

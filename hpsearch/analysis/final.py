@@ -26,9 +26,9 @@ import torch
 
 from hpsearch.data import DataCache, check_same_data, describe_data
 from hpsearch.devices import device_name
-from hpsearch.export import ExportedConfig, label_all
-from hpsearch.runner import package_versions
-from hpsearch.stats import (
+from hpsearch.analysis.export import ExportedConfig, label_all
+from hpsearch.search.runner import package_versions
+from hpsearch.analysis.stats import (
     ALPHA,
     CONFIDENCE,
     holm,
@@ -38,7 +38,7 @@ from hpsearch.stats import (
     t_interval,
     wilson_interval,
 )
-from hpsearch.trainer import train
+from hpsearch.training.trainer import train
 
 logger = logging.getLogger(__name__)
 

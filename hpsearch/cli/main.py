@@ -16,7 +16,7 @@ import yaml
 from click.core import ParameterSource
 
 from hpsearch import __version__
-from hpsearch.cli_options import (
+from hpsearch.cli.options import (
     RUN_THREADS,
     OutputFile,
     allow_other_data_option,
@@ -31,13 +31,13 @@ from hpsearch.cli_options import (
     study_options,
     threads_option,
 )
-from hpsearch.cli_parallel import (
+from hpsearch.cli.parallel import (
     launch_command,
     status_command,
     worker_command,
 )
-from hpsearch.crossval import CrossValResult
-from hpsearch.dashboard import (
+from hpsearch.training.crossval import CrossValResult
+from hpsearch.analysis.dashboard import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     EXPOSED_WARNING,
@@ -48,13 +48,13 @@ from hpsearch.dashboard import (
 from hpsearch.data import describe_data
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
-from hpsearch.export import export_document, load_exported, write_document
-from hpsearch.final import markdown, run_final
-from hpsearch.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
-from hpsearch.registry import load_study, study_names
-from hpsearch.report import write_report
-from hpsearch.rerun import rerun_trial
-from hpsearch.runner import (
+from hpsearch.analysis.export import export_document, load_exported, write_document
+from hpsearch.analysis.final import markdown, run_final
+from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
+from hpsearch.search.registry import load_study, study_names
+from hpsearch.analysis.report import write_report
+from hpsearch.analysis.rerun import rerun_trial
+from hpsearch.search.runner import (
     ATTR_CONFIG,
     ATTR_RESULT,
     FAILED,
@@ -62,8 +62,8 @@ from hpsearch.runner import (
     TrialOutcome,
     load_existing_study,
 )
-from hpsearch.storage import open_storage
-from hpsearch.worker import BudgetState, run_worker
+from hpsearch.search.storage import open_storage
+from hpsearch.search.worker import BudgetState, run_worker
 
 
 class HPSearchGroup(click.Group):

@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.data import describe_data
-from hpsearch.outcomes import (
+from hpsearch.search.outcomes import (
     COUNTED,
     FAILED,
     INTERRUPTED,
@@ -42,7 +42,7 @@ from hpsearch.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.runner import ATTR_DATA, ATTR_RESULT
+from hpsearch.search.runner import ATTR_DATA, ATTR_RESULT
 
 logger = logging.getLogger(__name__)
 

@@ -30,11 +30,11 @@ from torch import nn
 from hpsearch.config import TrainConfig
 from hpsearch.data import Split, Splits
 from hpsearch.errors import ConfigError
-from hpsearch.metrics import confusion_matrix, macro_f1
-from hpsearch.models import build_model, count_parameters
-from hpsearch.optim import build_scheduler
-from hpsearch.stacked_optim import STACKED_OPTIMIZERS, StackedOptimizer
-from hpsearch.trainer import EpochRecord, TrainResult, batch_size_for
+from hpsearch.training.metrics import confusion_matrix, macro_f1
+from hpsearch.training.models import build_model, count_parameters
+from hpsearch.training.optim import build_scheduler
+from hpsearch.training.stacked_optim import STACKED_OPTIMIZERS, StackedOptimizer
+from hpsearch.training.trainer import EpochRecord, TrainResult, batch_size_for
 
 logger = logging.getLogger(__name__)
 

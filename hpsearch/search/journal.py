@@ -29,8 +29,8 @@ from typing import Any, BinaryIO
 from optuna.storages.journal import JournalFileBackend
 
 from hpsearch.errors import StorageError
-from hpsearch.locks import lock_file, unlock_file
-from hpsearch.optuna_private import BaseJournalFileLock
+from hpsearch.search.locks import lock_file, unlock_file
+from hpsearch.search.optuna_private import BaseJournalFileLock
 
 logger = logging.getLogger(__name__)
 

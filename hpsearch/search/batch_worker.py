@@ -19,13 +19,13 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch.config import TrainConfig
-from hpsearch.crossval import CrossValResult
+from hpsearch.training.crossval import CrossValResult
 from hpsearch.data import DataCache
-from hpsearch.optuna_private import trial_id
-from hpsearch.outcomes import interrupt_reason
-from hpsearch.population import stackable_key, train_population
-from hpsearch.registry import suggest_config
-from hpsearch.runner import (
+from hpsearch.search.optuna_private import trial_id
+from hpsearch.search.outcomes import interrupt_reason
+from hpsearch.training.population import stackable_key, train_population
+from hpsearch.search.registry import suggest_config
+from hpsearch.search.runner import (
     ATTR_CONFIG,
     ATTR_RUN,
     FAILED,
@@ -45,8 +45,8 @@ from hpsearch.runner import (
     tell_result,
     train_trial,
 )
-from hpsearch.storage import StorageHandle
-from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult
+from hpsearch.search.storage import StorageHandle
+from hpsearch.training.trainer import EpochRecord, SpeedOptions, TrainResult
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna_dashboard
 
 from hpsearch.errors import HPSearchError
-from hpsearch.storage import StorageHandle
+from hpsearch.search.storage import StorageHandle
 
 logger = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ from torch import nn
 from hpsearch.config import LOSSES, TrainConfig
 from hpsearch.data import Split, Splits
 from hpsearch.errors import ConfigError
-from hpsearch.metrics import confusion_matrix, macro_f1
-from hpsearch.models import ACTIVATION_LAYERS, build_model, count_parameters
-from hpsearch.optim import build_optimizer, build_scheduler
+from hpsearch.training.metrics import confusion_matrix, macro_f1
+from hpsearch.training.models import ACTIVATION_LAYERS, build_model, count_parameters
+from hpsearch.training.optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ from optuna.storages.journal import JournalStorage
 from sqlalchemy.engine import make_url
 
 from hpsearch.errors import StorageError
-from hpsearch.journal import JournalFile, JournalFileReader
-from hpsearch.locks import flock
-from hpsearch.optuna_private import BaseHeartbeat, cached_storage
+from hpsearch.search.journal import JournalFile, JournalFileReader
+from hpsearch.search.locks import flock
+from hpsearch.search.optuna_private import BaseHeartbeat, cached_storage
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def _open_journal(url: str, *, readonly: bool) -> StorageHandle:
             f"storage {url!r}: folder {path.parent} does not exist; create it or pick another path"
         )
     # Optuna's own file backend, with a kernel lock, torn-tail repair and read-only opening
-    # (see hpsearch.journal for the Optuna faults each works around).
+    # (see hpsearch.search.journal for the Optuna faults each works around).
     backend = JournalFileReader(str(path)) if readonly else JournalFile(str(path))
     try:
         storage = JournalStorage(backend)

@@ -24,10 +24,10 @@ import optuna
 import torch
 
 from hpsearch.config import TrainConfig
-from hpsearch.crossval import CrossValResult, train_folds
+from hpsearch.training.crossval import CrossValResult, train_folds
 from hpsearch.data import DataCache, DataSource, check_same_data
 from hpsearch.errors import StudyError
-from hpsearch.runner import (
+from hpsearch.search.runner import (
     ATTR_CONFIG,
     ATTR_CV,
     ATTR_HISTORY,
@@ -35,7 +35,7 @@ from hpsearch.runner import (
     ATTR_RUN,
     package_versions,
 )
-from hpsearch.trainer import SpeedOptions, TrainResult, train
+from hpsearch.training.trainer import SpeedOptions, TrainResult, train
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import torch
 
-from hpsearch.cli_options import (
+from hpsearch.cli.options import (
     describe,
     open_existing_storage,
     prepare_run,
@@ -26,19 +26,19 @@ from hpsearch.cli_options import (
 from hpsearch.data import DataCache, describe_data
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
-from hpsearch.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
-from hpsearch.parallel import launch, parse_gpus, plan_workers
-from hpsearch.runner import (
+from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
+from hpsearch.search.launch import launch, parse_gpus, plan_workers
+from hpsearch.search.runner import (
     ATTR_RUN,
     TrialOutcome,
     data_record,
     load_existing_study,
     open_study,
 )
-from hpsearch.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
-from hpsearch.storage import open_storage
-from hpsearch.trainer import SpeedOptions
-from hpsearch.worker import BudgetState, check_precision, run_worker
+from hpsearch.analysis.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
+from hpsearch.search.storage import open_storage
+from hpsearch.training.trainer import SpeedOptions
+from hpsearch.search.worker import BudgetState, check_precision, run_worker
 
 
 @click.command("worker")

@@ -4,7 +4,7 @@ This is the only module that connects Optuna to the trainer: it turns a trial in
 `TrainConfig` through the study module, trains with a per-epoch callback that reports and asks
 the pruner, records what re-runs the trial, and tells Optuna one of four named outcomes:
 complete, pruned, failed (diverged, out of memory, bad config, a bug) or interrupted (the words
-are `hpsearch.outcomes`'s).
+are `hpsearch.search.outcomes`'s).
 
 A cross-validated trial (`RunSettings.cv` = k) trains once per fold (`crossval.train_folds`) and
 reports after each fold the running mean of the fold values, at step = folds done (1..k), which
@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.config import TrainConfig
-from hpsearch.crossval import CrossValResult, train_folds
+from hpsearch.training.crossval import CrossValResult, train_folds
 from hpsearch.data import (
     CV_MAX_TRAIN,
     DataCache,
@@ -49,8 +49,8 @@ from hpsearch.data import (
 )
 from hpsearch.devices import device_name
 from hpsearch.errors import HPSearchError, StudyError
-from hpsearch.optuna_private import BaseHeartbeat, trial_id
-from hpsearch.outcomes import (  # the words are re-exported here, where callers import them
+from hpsearch.search.optuna_private import BaseHeartbeat, trial_id
+from hpsearch.search.outcomes import (  # the words are re-exported here, where callers import them
     COMPLETE,
     FAILED,
     INTERRUPTED,
@@ -60,9 +60,9 @@ from hpsearch.outcomes import (  # the words are re-exported here, where callers
     interrupt_reason,
     outcome_attrs,
 )
-from hpsearch.registry import StudySpec, suggest_config
-from hpsearch.storage import ATTR_BEAT, StorageHandle, requeue
-from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult, train
+from hpsearch.search.registry import StudySpec, suggest_config
+from hpsearch.search.storage import ATTR_BEAT, StorageHandle, requeue
+from hpsearch.training.trainer import EpochRecord, SpeedOptions, TrainResult, train
 
 logger = logging.getLogger(__name__)
 

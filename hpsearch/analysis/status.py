@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.data import DataSource
-from hpsearch.outcomes import (
+from hpsearch.search.outcomes import (
     FAILED,
     INTERRUPTED,
     LOST,
@@ -18,7 +18,7 @@ from hpsearch.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.runner import ATTR_DATA, ATTR_RUN
+from hpsearch.search.runner import ATTR_DATA, ATTR_RUN
 
 RECENT_SECONDS = 600.0  # a worker counts as seen recently if it started or ended a trial this lately
 MAX_REASON_TRIALS = 5  # trial numbers listed after each reason
@@ -35,7 +35,7 @@ class WorkerSeen:
 @dataclasses.dataclass(frozen=True)
 class StudyStatus:
     study_name: str
-    states: dict[str, int]  # trials by outcome (hpsearch.outcomes), in its ORDER
+    states: dict[str, int]  # trials by outcome (hpsearch.search.outcomes), in its ORDER
     reasons: dict[str, list[int]]  # why trials failed, were interrupted or lost: trial numbers
     best: FrozenTrial | None
     metric: str

@@ -15,10 +15,10 @@ import torch
 from hpsearch.data import DataCache
 from hpsearch.devices import DEVICE_HELP, resolve_device
 from hpsearch.errors import StorageError
-from hpsearch.registry import PRUNERS, SAMPLERS, load_study
-from hpsearch.runner import Progress, RunSettings, TrialOutcome, resolve_settings
-from hpsearch.storage import DEFAULT_STORAGE, StorageHandle, open_storage, storage_file
-from hpsearch.trainer import SpeedOptions
+from hpsearch.search.registry import PRUNERS, SAMPLERS, load_study
+from hpsearch.search.runner import Progress, RunSettings, TrialOutcome, resolve_settings
+from hpsearch.search.storage import DEFAULT_STORAGE, StorageHandle, open_storage, storage_file
+from hpsearch.training.trainer import SpeedOptions
 
 storage_option = click.option(
     "--storage",

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 
 from hpsearch.errors import HPSearchError
-from hpsearch.outcomes import Interrupted
+from hpsearch.search.outcomes import Interrupted
 
 logger = logging.getLogger(__name__)
 

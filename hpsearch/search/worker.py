@@ -23,12 +23,12 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpsearch.batch_worker import train_batch
+from hpsearch.search.batch_worker import train_batch
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
-from hpsearch.optuna_private import trial_id
-from hpsearch.outcomes import COUNTED, ORDER, TAKEN_OVER, outcome_attrs, trial_outcome
-from hpsearch.runner import (
+from hpsearch.search.optuna_private import trial_id
+from hpsearch.search.outcomes import COUNTED, ORDER, TAKEN_OVER, outcome_attrs, trial_outcome
+from hpsearch.search.runner import (
     ATTR_BEAT,
     ATTR_RESULT,
     ATTR_RUN,
@@ -43,8 +43,8 @@ from hpsearch.runner import (
     run_trial,
     worker_identity,
 )
-from hpsearch.storage import StorageHandle
-from hpsearch.trainer import SpeedOptions
+from hpsearch.search.storage import StorageHandle
+from hpsearch.training.trainer import SpeedOptions
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits
-from hpsearch.trainer import EpochRecord, SpeedOptions, TrainResult, train
+from hpsearch.training.trainer import EpochRecord, SpeedOptions, TrainResult, train
 
 OnFold = Callable[[int, float], bool | None]
 
