@@ -35,14 +35,12 @@ from torch import nn
 from hpsearch.config import TrainConfig
 from hpsearch.data import RawData, Split, Splits, load_raw, make_splits, register_dataset
 from hpsearch.devices import resolve_device
-from hpsearch.training.models import build_model
 from hpsearch.search.optuna_private import TRIAL_SUGGEST
-from hpsearch.training.population import train_population
 from hpsearch.search.registry import load_study
 from hpsearch.search.runner import resolve_settings
 from hpsearch.search.storage import open_storage
-from hpsearch.training.trainer import SpeedOptions, train
 from hpsearch.search.worker import run_worker
+from hpsearch.training import SpeedOptions, build_model, train, train_population
 
 HINTON = TrainConfig(dataset="fashion-mnist", hidden=(500, 300), optimizer="adam", lr=1e-3,
                      batch_size=100, epochs=20)

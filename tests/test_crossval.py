@@ -13,17 +13,16 @@ from click.testing import CliRunner
 from optuna.terminator import CrossValidationErrorEvaluator
 from optuna.trial import TrialState
 
+from hpsearch.analysis.rerun import rerun_trial
 from hpsearch.cli import main
 from hpsearch.config import TrainConfig
-from hpsearch.training.crossval import train_folds
 from hpsearch.data import DataCache, RawData, load_raw, make_folds, make_splits, register_dataset
 from hpsearch.errors import DataError, StudyError
 from hpsearch.search.registry import load_study
-from hpsearch.analysis.rerun import rerun_trial
 from hpsearch.search.runner import open_study, resolve_settings, run_trial
 from hpsearch.search.storage import open_storage
-from hpsearch.training.trainer import train
 from hpsearch.search.worker import run_worker
+from hpsearch.training import train, train_folds
 
 CPU = torch.device("cpu")
 

@@ -11,8 +11,7 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits, load_raw, make_splits
-from hpsearch.training.population import train_population
-from hpsearch.training.trainer import SpeedOptions, train
+from hpsearch.training import SpeedOptions, train, train_population
 
 pytestmark = [
     pytest.mark.gpu,

@@ -5,7 +5,7 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import f1_score
 
-from hpsearch.training.metrics import accuracy, confusion_matrix, macro_f1
+from hpsearch.training import accuracy, confusion_matrix, macro_f1
 
 
 def test_matches_scikit_learn_including_missing_classes() -> None:

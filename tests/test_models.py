@@ -8,7 +8,7 @@ from torch import nn
 
 from hpsearch.config import INITS, TrainConfig
 from hpsearch.errors import ConfigError
-from hpsearch.training.models import ACTIVATION_LAYERS, build_model, count_parameters
+from hpsearch.training import ACTIVATION_LAYERS, build_model, count_parameters
 
 
 def test_mlp_has_the_layers_the_config_asks_for() -> None:

@@ -15,14 +15,18 @@ from hpsearch.cli import main
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits, load_raw, make_splits
 from hpsearch.errors import ConfigError
-from hpsearch.training.optim import build_optimizer
-from hpsearch.training.population import stackable_key, train_population
 from hpsearch.search.registry import load_study
 from hpsearch.search.runner import open_study, resolve_settings
-from hpsearch.training.stacked_optim import StackedOptimizer
 from hpsearch.search.storage import open_storage
-from hpsearch.training.trainer import EpochRecord, train
 from hpsearch.search.worker import run_worker
+from hpsearch.training import (
+    EpochRecord,
+    StackedOptimizer,
+    build_optimizer,
+    stackable_key,
+    train,
+    train_population,
+)
 
 CPU = torch.device("cpu")
 BASE = TrainConfig(dataset="digits", hidden=(32, 16), batch_size=64, epochs=3)

@@ -14,7 +14,7 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import load_raw, make_splits
-from hpsearch.training.trainer import train
+from hpsearch.training import train
 
 FOLDERS = [Path(p) for p in (os.environ.get("HPSEARCH_TEST_FASHION_MNIST", ""),
                              "/usr/share/datasets/fashion-mnist") if p]

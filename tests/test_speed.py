@@ -7,7 +7,7 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits
-from hpsearch.training.trainer import SpeedOptions, train
+from hpsearch.training import SpeedOptions, train
 
 CPU = torch.device("cpu")
 IRIS = TrainConfig(dataset="iris", hidden=(32, 16), batch_size=16, lr=1e-2, epochs=30)

@@ -9,12 +9,12 @@ import torch
 from click.testing import CliRunner
 from optuna.distributions import FloatDistribution
 
-from hpsearch.cli import main
-from hpsearch.config import TrainConfig
 from hpsearch.analysis.report import build_report
 from hpsearch.analysis.rerun import rerun_trial
+from hpsearch.cli import main
+from hpsearch.config import TrainConfig
 from hpsearch.search.storage import open_storage
-from hpsearch.training.trainer import SpeedOptions
+from hpsearch.training import SpeedOptions
 
 CPU = torch.device("cpu")
 QUICK = ["--epochs", "2", "--device", "cpu", "--pruner", "none"]

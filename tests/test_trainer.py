@@ -7,7 +7,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from hpsearch.config import BATCH_MODES, INITS, LOSSES, OPTIMIZERS, TrainConfig
 from hpsearch.data import Splits, load_raw, make_splits
 from hpsearch.errors import ConfigError
-from hpsearch.training.trainer import EpochRecord, train
+from hpsearch.training import EpochRecord, train
 
 CPU = torch.device("cpu")
 IRIS = TrainConfig(dataset="iris", hidden=(32, 16), batch_size=16, lr=1e-2, epochs=40)

@@ -24,10 +24,7 @@ from typing import Any
 
 import torch
 
-from hpsearch.data import DataCache, check_same_data, describe_data
-from hpsearch.devices import device_name
 from hpsearch.analysis.export import ExportedConfig, label_all
-from hpsearch.search.runner import package_versions
 from hpsearch.analysis.stats import (
     ALPHA,
     CONFIDENCE,
@@ -38,7 +35,10 @@ from hpsearch.analysis.stats import (
     t_interval,
     wilson_interval,
 )
-from hpsearch.training.trainer import train
+from hpsearch.data import DataCache, check_same_data, describe_data
+from hpsearch.devices import device_name
+from hpsearch.search.runner import package_versions
+from hpsearch.training import train
 
 logger = logging.getLogger(__name__)
 

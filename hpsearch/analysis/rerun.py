@@ -24,7 +24,6 @@ import optuna
 import torch
 
 from hpsearch.config import TrainConfig
-from hpsearch.training.crossval import CrossValResult, train_folds
 from hpsearch.data import DataCache, DataSource, check_same_data
 from hpsearch.errors import StudyError
 from hpsearch.search.runner import (
@@ -35,7 +34,7 @@ from hpsearch.search.runner import (
     ATTR_RUN,
     package_versions,
 )
-from hpsearch.training.trainer import SpeedOptions, TrainResult, train
+from hpsearch.training import CrossValResult, SpeedOptions, TrainResult, train, train_folds
 
 
 @dataclasses.dataclass(frozen=True)

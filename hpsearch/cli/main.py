@@ -16,6 +16,18 @@ import yaml
 from click.core import ParameterSource
 
 from hpsearch import __version__
+from hpsearch.analysis.dashboard import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    EXPOSED_WARNING,
+    dashboard_url,
+    is_loopback,
+    make_dashboard_server,
+)
+from hpsearch.analysis.export import export_document, load_exported, write_document
+from hpsearch.analysis.final import markdown, run_final
+from hpsearch.analysis.report import write_report
+from hpsearch.analysis.rerun import rerun_trial
 from hpsearch.cli.options import (
     RUN_THREADS,
     OutputFile,
@@ -36,24 +48,11 @@ from hpsearch.cli.parallel import (
     status_command,
     worker_command,
 )
-from hpsearch.training.crossval import CrossValResult
-from hpsearch.analysis.dashboard import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    EXPOSED_WARNING,
-    dashboard_url,
-    is_loopback,
-    make_dashboard_server,
-)
 from hpsearch.data import describe_data
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
-from hpsearch.analysis.export import export_document, load_exported, write_document
-from hpsearch.analysis.final import markdown, run_final
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.search.registry import load_study, study_names
-from hpsearch.analysis.report import write_report
-from hpsearch.analysis.rerun import rerun_trial
 from hpsearch.search.runner import (
     ATTR_CONFIG,
     ATTR_RESULT,
@@ -64,6 +63,7 @@ from hpsearch.search.runner import (
 )
 from hpsearch.search.storage import open_storage
 from hpsearch.search.worker import BudgetState, run_worker
+from hpsearch.training import CrossValResult
 
 
 class HPSearchGroup(click.Group):

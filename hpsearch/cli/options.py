@@ -18,7 +18,7 @@ from hpsearch.errors import StorageError
 from hpsearch.search.registry import PRUNERS, SAMPLERS, load_study
 from hpsearch.search.runner import Progress, RunSettings, TrialOutcome, resolve_settings
 from hpsearch.search.storage import DEFAULT_STORAGE, StorageHandle, open_storage, storage_file
-from hpsearch.training.trainer import SpeedOptions
+from hpsearch.training import SpeedOptions
 
 storage_option = click.option(
     "--storage",

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import torch
 
+from hpsearch.analysis.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
 from hpsearch.cli.options import (
     describe,
     open_existing_storage,
@@ -26,8 +27,8 @@ from hpsearch.cli.options import (
 from hpsearch.data import DataCache, describe_data
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
-from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.search.launch import launch, parse_gpus, plan_workers
+from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.search.runner import (
     ATTR_RUN,
     TrialOutcome,
@@ -35,10 +36,9 @@ from hpsearch.search.runner import (
     load_existing_study,
     open_study,
 )
-from hpsearch.analysis.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
 from hpsearch.search.storage import open_storage
-from hpsearch.training.trainer import SpeedOptions
 from hpsearch.search.worker import BudgetState, check_precision, run_worker
+from hpsearch.training import SpeedOptions
 
 
 @click.command("worker")

@@ -19,11 +19,9 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch.config import TrainConfig
-from hpsearch.training.crossval import CrossValResult
 from hpsearch.data import DataCache
 from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.outcomes import interrupt_reason
-from hpsearch.training.population import stackable_key, train_population
 from hpsearch.search.registry import suggest_config
 from hpsearch.search.runner import (
     ATTR_CONFIG,
@@ -46,7 +44,14 @@ from hpsearch.search.runner import (
     train_trial,
 )
 from hpsearch.search.storage import StorageHandle
-from hpsearch.training.trainer import EpochRecord, SpeedOptions, TrainResult
+from hpsearch.training import (
+    CrossValResult,
+    EpochRecord,
+    SpeedOptions,
+    TrainResult,
+    stackable_key,
+    train_population,
+)
 
 logger = logging.getLogger(__name__)
 

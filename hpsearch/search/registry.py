@@ -26,7 +26,7 @@ from typing import Any, Literal
 import studies
 from hpsearch.config import TrainConfig
 from hpsearch.errors import ConfigError, StudyError, choices_hint
-from hpsearch.training.trainer import METRICS
+from hpsearch.training import METRICS
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "grid")
 PRUNERS = ("median", "hyperband", "none")

@@ -37,7 +37,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.config import TrainConfig
-from hpsearch.training.crossval import CrossValResult, train_folds
 from hpsearch.data import (
     CV_MAX_TRAIN,
     DataCache,
@@ -62,7 +61,14 @@ from hpsearch.search.outcomes import (  # the words are re-exported here, where 
 )
 from hpsearch.search.registry import StudySpec, suggest_config
 from hpsearch.search.storage import ATTR_BEAT, StorageHandle, requeue
-from hpsearch.training.trainer import EpochRecord, SpeedOptions, TrainResult, train
+from hpsearch.training import (
+    CrossValResult,
+    EpochRecord,
+    SpeedOptions,
+    TrainResult,
+    train,
+    train_folds,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpsearch.search.batch_worker import train_batch
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
+from hpsearch.search.batch_worker import train_batch
 from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.outcomes import COUNTED, ORDER, TAKEN_OVER, outcome_attrs, trial_outcome
 from hpsearch.search.runner import (
@@ -44,7 +44,7 @@ from hpsearch.search.runner import (
     worker_identity,
 )
 from hpsearch.search.storage import StorageHandle
-from hpsearch.training.trainer import SpeedOptions
+from hpsearch.training import SpeedOptions
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,50 @@
 """Training: a frozen `TrainConfig`, data on the device and a device in, a `TrainResult` out.
 
-Nothing here imports Optuna; reporting and pruning reach the loop as callbacks.
+Nothing here imports Optuna; reporting and pruning reach the loop as callbacks. Other layers
+import from this package only, never from its modules, so the modules can change freely.
 """
+
+from __future__ import annotations
+
+from hpsearch.training.crossval import CrossValResult, train_folds
+from hpsearch.training.many import RunInfo, train_many
+from hpsearch.training.metrics import accuracy, confusion_matrix, macro_f1
+from hpsearch.training.models import ACTIVATION_LAYERS, build_model, count_parameters
+from hpsearch.training.optim import build_optimizer
+from hpsearch.training.population import stackable_key, train_population
+from hpsearch.training.stacked_optim import StackedOptimizer
+from hpsearch.training.trainer import (
+    METRICS,
+    STOP_REASONS,
+    EpochRecord,
+    Evaluation,
+    SpeedOptions,
+    TrainResult,
+    evaluate,
+    train,
+)
+
+__all__ = [
+    "ACTIVATION_LAYERS",
+    "METRICS",
+    "STOP_REASONS",
+    "CrossValResult",
+    "EpochRecord",
+    "Evaluation",
+    "RunInfo",
+    "SpeedOptions",
+    "StackedOptimizer",
+    "TrainResult",
+    "accuracy",
+    "build_model",
+    "build_optimizer",
+    "confusion_matrix",
+    "count_parameters",
+    "evaluate",
+    "macro_f1",
+    "stackable_key",
+    "train",
+    "train_folds",
+    "train_many",
+    "train_population",
+]
