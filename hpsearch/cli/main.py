@@ -59,8 +59,8 @@ from hpsearch.search.runner import (
     FAILED,
     Progress,
     TrialOutcome,
-    load_existing_study,
 )
+from hpsearch.search.record import load_existing_study
 from hpsearch.search.storage import open_storage
 from hpsearch.search.worker import BudgetState, run_worker
 from hpsearch.training import CrossValResult

@@ -33,9 +33,9 @@ from hpsearch.search.runner import (
     ATTR_RUN,
     TrialOutcome,
     data_record,
-    load_existing_study,
     open_study,
 )
+from hpsearch.search.record import load_existing_study
 from hpsearch.search.storage import open_storage
 from hpsearch.search.worker import BudgetState, check_precision, run_worker
 from hpsearch.training import SpeedOptions

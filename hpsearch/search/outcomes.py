@@ -24,6 +24,8 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.search.record import Outcome
+
 COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST = "complete", "pruned", "failed", "interrupted", "lost"
 RUNNING, WAITING = "running", "waiting"
 # Not a stored outcome: a worker's view of a trial that another worker failed as lost while this
@@ -31,12 +33,6 @@ RUNNING, WAITING = "running", "waiting"
 TAKEN_OVER = "taken over"
 ORDER = (COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST, RUNNING, WAITING)  # how counts are listed
 COUNTED = (COMPLETE, PRUNED, FAILED)  # outcomes that use up the study's budget
-
-# Top-level trial user attributes, so optuna-dashboard's trial view lists the outcome as a word
-# (it lists user attributes as they are) and not only Optuna's FAIL.
-ATTR_OUTCOME = "outcome"
-ATTR_REASON = "outcome_reason"
-_ATTR_RESULT = "result"  # runner.ATTR_RESULT, read for trials stored before ATTR_OUTCOME
 
 _BY_STATE = {TrialState.COMPLETE: COMPLETE, TrialState.PRUNED: PRUNED,
              TrialState.RUNNING: RUNNING, TrialState.WAITING: WAITING}
@@ -74,9 +70,10 @@ def interrupt_reason(error: BaseException) -> str:
 
 
 def outcome_attrs(outcome: str, reason: str | None) -> dict[str, Any]:
-    """The attributes a told trial gets, beside hpsearch's `result` record."""
+    """The attributes a told trial gets, beside hpsearch's `result` record (`record.Outcome`'s,
+    for one of the stored outcomes)."""
     assert outcome in (COMPLETE, PRUNED, FAILED, INTERRUPTED, LOST), outcome
-    return {ATTR_OUTCOME: outcome, **({ATTR_REASON: reason} if reason else {})}
+    return Outcome(outcome, reason).to_attrs()
 
 
 def trial_outcome(trial: FrozenTrial) -> str:
@@ -87,7 +84,7 @@ def trial_outcome(trial: FrozenTrial) -> str:
     """
     if trial.state in _BY_STATE:
         return _BY_STATE[trial.state]
-    recorded = _recorded(trial)[0]
+    recorded = Outcome.from_trial(trial).outcome
     return recorded if recorded in (FAILED, INTERRUPTED, LOST) else LOST
 
 
@@ -95,7 +92,7 @@ def outcome_reason(trial: FrozenTrial) -> str | None:
     """Why the trial ended as it did, as stored; None for complete, running or waiting ones."""
     if trial.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING):
         return None
-    reason = _recorded(trial)[1]
+    reason = Outcome.from_trial(trial).reason
     if reason is None and trial.state == TrialState.FAIL:
         return "no outcome recorded: its worker stopped (failed by Optuna's heartbeat check)"
     return reason
@@ -110,13 +107,3 @@ def outcome_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
 def describe_counts(counts: dict[str, int]) -> str:
     """`3 complete, 1 interrupted`, the one way the CLI lists outcome counts."""
     return ", ".join(f"{n} {word}" for word, n in counts.items() if n) or "no trials yet"
-
-
-def _recorded(trial: FrozenTrial) -> tuple[str | None, str | None]:
-    attrs = trial.user_attrs
-    if ATTR_OUTCOME in attrs:
-        return attrs[ATTR_OUTCOME], attrs.get(ATTR_REASON)
-    result = attrs.get(_ATTR_RESULT)
-    if isinstance(result, dict):
-        return result.get("outcome"), result.get("reason")
-    return None, None

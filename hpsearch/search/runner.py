@@ -15,17 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import logging
-import math
-import os
-import platform
-import socket
 import threading
 import time
 import traceback
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,7 +29,6 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-import hpsearch
 from hpsearch.config import TrainConfig
 from hpsearch.data import (
     CV_MAX_TRAIN,
@@ -59,6 +52,17 @@ from hpsearch.search.outcomes import (  # the words are re-exported here, where 
     interrupt_reason,
     outcome_attrs,
 )
+from hpsearch.search.provenance import package_versions, worker_identity
+from hpsearch.search.record import (
+    ATTR_CONFIG,
+    ATTR_CV,
+    ATTR_DATA,
+    ATTR_HISTORY,
+    ATTR_INIT_STATS,
+    ATTR_RESULT,
+    ATTR_RUN,
+    set_attr,
+)
 from hpsearch.search.registry import StudySpec, suggest_config
 from hpsearch.search.storage import ATTR_BEAT, StorageHandle, requeue
 from hpsearch.training import (
@@ -71,40 +75,6 @@ from hpsearch.training import (
 )
 
 logger = logging.getLogger(__name__)
-
-# Trial user attributes written by hpsearch. Few keys on purpose: each one is a storage round-trip.
-ATTR_CONFIG = "config"  # the resolved TrainConfig, as a dict
-ATTR_RUN = "run"  # seed, device, worker, package versions, study module and its source hash
-ATTR_RESULT = "result"  # outcome, reason, stop reason, best epoch, seconds, parameter count
-ATTR_HISTORY = "history"  # per-epoch train/val loss, accuracy, error, F1, lr, seconds
-ATTR_INIT_STATS = "init_stats"
-ATTR_CV = "cv"  # cross-validated trials: k, each fold's value, best epoch and metric per epoch
-ATTR_DATA = "data"  # on the study, and in ATTR_RUN: data source, content hash, split sizes
-
-
-
-def finite_json(value: Any) -> Any:
-    """`value` with every non-finite float (NaN, +-inf) as None.
-
-    Python's json writes them as bare `NaN` and `Infinity`, which is not JSON: PostgreSQL's
-    jsonb, JavaScript's JSON.parse and other strict readers reject the whole attribute. A
-    diverged trial's history holds them (the epoch whose loss overflowed).
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite_json(item) for item in value]
-    return value
-
-
-def set_attr(trial: optuna.Trial, key: str, value: Any) -> None:
-    """Every trial user attribute hpsearch writes goes through here, as strict JSON."""
-    trial.set_user_attr(key, finite_json(value))
-
-
-
 
 # Optuna's `studies.study_name` column is VARCHAR(512); SQLite does not enforce it, PostgreSQL does.
 MAX_STUDY_NAME_POSTGRESQL = 512
@@ -393,45 +363,6 @@ def study_attrs(settings: RunSettings) -> dict[str, Any]:
         "pruner": settings.pruner,
         "source_hash": settings.spec.source_hash,
     }
-
-
-def package_versions() -> dict[str, str]:
-    return {
-        "hpsearch": hpsearch.__version__,
-        "torch": torch.__version__,
-        "optuna": optuna.__version__,
-        "python": platform.python_version(),
-        "cuda": str(torch.version.cuda),
-    }
-
-
-def worker_identity() -> dict[str, Any]:
-    """Who runs a trial. A pid means something only to a process with the same host name, boot
-    and PID namespace (containers on the host network, cloned VMs share a host name), so those
-    are recorded with it; `id` tells this process apart from an earlier one with its pid."""
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "id": _worker_id(pid),
-            "boot_id": _boot_id(), "pid_ns": _pid_namespace()}
-
-
-@functools.cache
-def _worker_id(pid: int) -> str:
-    """A random id per process (keyed by pid, so a forked child gets its own)."""
-    return uuid.uuid4().hex[:16]
-
-
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return None
-
-
-def _pid_namespace() -> int | None:
-    try:
-        return os.stat("/proc/self/ns/pid").st_ino
-    except OSError:
-        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -755,12 +686,3 @@ def heartbeat(handle: StorageHandle, trial_id: int | Sequence[int]) -> Iterator[
     finally:
         stop.set()
         thread.join()
-
-
-def load_existing_study(handle: StorageHandle, study_name: str) -> optuna.Study:
-    """A study that must already exist; the error lists the ones that do."""
-    names = [s.study_name for s in optuna.get_all_study_summaries(handle.storage, include_best_trial=False)]
-    if study_name not in names:
-        known = ", ".join(sorted(names)) or "none yet; create one with `hpsearch run STUDY`"
-        raise StudyError(f"no study {study_name!r} in {handle.url}; studies there: {known}")
-    return optuna.load_study(study_name=study_name, storage=handle.storage)
