@@ -52,6 +52,7 @@ from hpsearch.data import describe_data
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
+from hpsearch.search.record import load_existing_study
 from hpsearch.search.registry import load_study, study_names
 from hpsearch.search.runner import (
     ATTR_CONFIG,
@@ -60,7 +61,6 @@ from hpsearch.search.runner import (
     Progress,
     TrialOutcome,
 )
-from hpsearch.search.record import load_existing_study
 from hpsearch.search.storage import open_storage
 from hpsearch.search.worker import BudgetState, run_worker
 from hpsearch.training import CrossValResult

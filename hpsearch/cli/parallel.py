@@ -29,13 +29,13 @@ from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
 from hpsearch.search.launch import launch, parse_gpus, plan_workers
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
+from hpsearch.search.record import load_existing_study
 from hpsearch.search.runner import (
     ATTR_RUN,
     TrialOutcome,
     data_record,
     open_study,
 )
-from hpsearch.search.record import load_existing_study
 from hpsearch.search.storage import open_storage
 from hpsearch.search.worker import BudgetState, check_precision, run_worker
 from hpsearch.training import SpeedOptions
