@@ -37,9 +37,9 @@ from hpsearch.data import RawData, Split, Splits, load_raw, make_splits, registe
 from hpsearch.devices import resolve_device
 from hpsearch.search.optuna_private import TRIAL_SUGGEST
 from hpsearch.search.registry import load_study
-from hpsearch.search.runner import resolve_settings
+from hpsearch.search.settings import resolve_settings
 from hpsearch.search.storage import open_storage
-from hpsearch.search.worker import run_worker
+from hpsearch.search.worker import WorkerOptions, run_worker
 from hpsearch.training import SpeedOptions, build_model, train, train_population
 
 HINTON = TrainConfig(dataset="fashion-mnist", hidden=(500, 300), optimizer="adam", lr=1e-3,
@@ -246,8 +246,8 @@ def _studies(args: argparse.Namespace, raw_root: Path, device: torch.device,
             handle = open_storage(f"sqlite:///{tmp}/{study}-{k}.db")
             with _optuna_timer() as spent:
                 started = time.perf_counter()
-                report = run_worker(handle, settings, trials=args.trials, population=k,
-                                    device=device, sampler_seed=0)
+                report = run_worker(handle, settings, WorkerOptions(
+                    trials=args.trials, population=k, device=device, sampler_seed=0))
                 elapsed = time.perf_counter() - started
             values = [o.value for o in report.outcomes if o.value is not None]
             best = 1 - min(values) if values else None

@@ -19,9 +19,11 @@ from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache, RawData, load_raw, make_folds, make_splits, register_dataset
 from hpsearch.errors import DataError, StudyError
 from hpsearch.search.registry import load_study
-from hpsearch.search.runner import open_study, resolve_settings, run_trial
+from hpsearch.search.settings import resolve_settings
 from hpsearch.search.storage import open_storage
-from hpsearch.search.worker import run_worker
+from hpsearch.search.study import open_study
+from hpsearch.search.trials import run_trial
+from hpsearch.search.worker import WorkerOptions, run_worker
 from hpsearch.training import train, train_folds
 
 CPU = torch.device("cpu")
@@ -173,7 +175,7 @@ def test_population_workers_train_cross_validated_trials_alone_with_the_same_res
     for population in (1, 3):
         handle = open_storage(f"sqlite:///{tmp_path / f'p{population}.db'}")
         settings = resolve_settings(load_study(str(cv_module)))
-        run_worker(handle, settings, trials=3, device=CPU, sampler_seed=0, population=population)
+        run_worker(handle, settings, WorkerOptions(trials=3, device=CPU, sampler_seed=0, population=population))
         trials = optuna.load_study(study_name="cv_iris", storage=handle.storage).trials
         assert all(t.user_attrs["run"].get("population", 1) == 1 for t in trials)
         values[population] = [t.user_attrs["cv"]["values"] for t in trials]

@@ -14,20 +14,16 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from hpsearch.search import batch_worker, runner
+from hpsearch.search import trials as trial_path
+from hpsearch.search.liveness import heartbeat, recover_lost_trials
 from hpsearch.search.optuna_private import trial_id
+from hpsearch.search.provenance import worker_identity
 from hpsearch.search.registry import load_study
-from hpsearch.search.runner import (
-    ATTR_BEAT,
-    heartbeat,
-    open_study,
-    resolve_settings,
-    retry,
-    study_attrs,
-    worker_identity,
-)
-from hpsearch.search.storage import open_storage
-from hpsearch.search.worker import budget_state, recover_lost_trials, run_worker
+from hpsearch.search.settings import resolve_settings
+from hpsearch.search.storage import ATTR_BEAT, open_storage
+from hpsearch.search.storage import requeue as retry
+from hpsearch.search.study import open_study, study_attrs
+from hpsearch.search.worker import WorkerOptions, budget_state, run_worker
 
 CPU = torch.device("cpu")
 
@@ -71,7 +67,7 @@ def test_a_study_whose_creator_died_midway_is_completed_by_the_next_worker(postg
     for key, value in list(study_attrs(settings).items())[:1]:
         partial.set_user_attr(key, value)
     handle = open_storage(postgres_url, heartbeat=None)
-    report = run_worker(handle, settings, trials=1, device=CPU)
+    report = run_worker(handle, settings, WorkerOptions(trials=1, device=CPU))
     study = optuna.load_study(study_name="quickstart", storage=postgres_url)
     assert study.user_attrs.items() >= study_attrs(settings).items()
     assert len(report.outcomes) == 1 and budget_state(study).done == 1
@@ -130,7 +126,7 @@ def test_a_journal_trial_of_a_dead_worker_on_another_host_is_recovered_by_its_he
     study.tell(alive, 0.5)
 
     started = time.monotonic()
-    report = run_worker(handle, settings, trials=3, device=CPU, timeout=60)
+    report = run_worker(handle, settings, WorkerOptions(trials=3, device=CPU, timeout=60))
     assert report.stopped == "budget" and time.monotonic() - started < 30
     trials = study.get_trials()
     assert trials[orphan.number].user_attrs["result"]["outcome"] == "lost"
@@ -214,11 +210,10 @@ def test_a_worker_whose_trial_is_taken_over_drops_it_and_finishes_the_budget(
             return train(*args, on_epoch=epoch, **kwargs)
         return run
 
-    monkeypatch.setattr(runner, "train", hooked(runner.train))
-    monkeypatch.setattr(batch_worker, "train_population", hooked(batch_worker.train_population))
+    monkeypatch.setattr(trial_path, "train_many", hooked(trial_path.train_many))
     handle = open_storage(storage_url)
     settings = resolve_settings(load_study("quickstart"), epochs=2, pruner="none")
-    report = run_worker(handle, settings, trials=3, device=CPU, population=population)
+    report = run_worker(handle, settings, WorkerOptions(trials=3, device=CPU, population=population))
     study = optuna.load_study(study_name="quickstart", storage=open_storage(storage_url).storage)
     assert done and report.count("taken over") == 1 and report.counts()["taken over"] == 1
     assert budget_state(study).done == 3 and "was taken over" in caplog.text
@@ -227,7 +222,7 @@ def test_a_worker_whose_trial_is_taken_over_drops_it_and_finishes_the_budget(
 
 def _identity_in_own_pid_namespace() -> dict[str, object] | None:
     """`worker_identity()` as a worker started under `unshare --pid --fork --mount-proc` sees it."""
-    code = "import json; from hpsearch.search.runner import worker_identity; print(json.dumps(worker_identity()))"
+    code = "import json; from hpsearch.search.provenance import worker_identity; print(json.dumps(worker_identity()))"
     try:
         done = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
                               capture_output=True, text=True, timeout=120, check=False,

@@ -23,9 +23,9 @@ from hpsearch.errors import HPSearchError, StorageError
 from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.launch import parse_gpus, plan_workers, worker_env
 from hpsearch.search.registry import load_study
-from hpsearch.search.runner import resolve_settings
+from hpsearch.search.settings import resolve_settings
 from hpsearch.search.storage import _transient, open_storage
-from hpsearch.search.worker import budget_state, run_worker
+from hpsearch.search.worker import WorkerOptions, budget_state, run_worker
 
 CPU = torch.device("cpu")
 
@@ -142,7 +142,7 @@ def test_the_heartbeat_fails_a_silent_trial_of_another_host_and_queues_it_again(
     monkeypatch.setenv("HPSEARCH_HEARTBEAT_SECONDS", "1")
     handle = open_storage(postgres_url)
     settings = resolve_settings(load_study("quickstart"), epochs=1, pruner="none")
-    from hpsearch.search.runner import open_study
+    from hpsearch.search.study import open_study
 
     study = open_study(handle, settings)
     orphan = study.ask()
@@ -151,7 +151,7 @@ def test_the_heartbeat_fails_a_silent_trial_of_another_host_and_queues_it_again(
     orphan.set_user_attr("run", {"worker": {"host": "elsewhere", "pid": 1}})
     handle.storage.record_heartbeat(trial_id(orphan))
     time.sleep(3.5)  # the grace period is 3 beats
-    report = run_worker(handle, settings, trials=2, device=CPU)
+    report = run_worker(handle, settings, WorkerOptions(trials=2, device=CPU))
     trials = study.get_trials()
     assert trials[0].state == TrialState.FAIL
     assert [t.params for t in trials if t.state == TrialState.COMPLETE].count(orphan.params) == 1

@@ -16,9 +16,10 @@ from hpsearch.config import TrainConfig
 from hpsearch.data import Splits, load_raw, make_splits
 from hpsearch.errors import ConfigError
 from hpsearch.search.registry import load_study
-from hpsearch.search.runner import open_study, resolve_settings
+from hpsearch.search.settings import resolve_settings
 from hpsearch.search.storage import open_storage
-from hpsearch.search.worker import run_worker
+from hpsearch.search.study import open_study
+from hpsearch.search.worker import WorkerOptions, run_worker
 from hpsearch.training import (
     EpochRecord,
     StackedOptimizer,
@@ -194,12 +195,12 @@ class _PruneTrialOne(optuna.pruners.BasePruner):
 def test_population_worker_prunes_members_one_by_one(
     sqlite_url: str, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("hpsearch.search.runner.make_pruner", lambda settings: _PruneTrialOne())
+    monkeypatch.setattr("hpsearch.search.study.make_pruner", lambda settings: _PruneTrialOne())
     settings = resolve_settings(load_study("hinton_mlp"), dataset="fashion-mnist", epochs=3,
                                 data_dir=mnist_dir)
     handle = open_storage(sqlite_url)
     study = open_study(handle, settings)
-    report = run_worker(handle, settings, trials=3, population=3, device=CPU)
+    report = run_worker(handle, settings, WorkerOptions(trials=3, population=3, device=CPU))
     assert [o.outcome for o in report.outcomes] == ["complete", "pruned", "complete"]
     trials = study.get_trials()
     assert [len(t.intermediate_values) for t in trials] == [3, 1, 3]
@@ -214,7 +215,7 @@ def test_population_worker_gives_the_one_at_a_time_results(tmp_path: Path) -> No
         settings = resolve_settings(load_study("hinton_mlp"), dataset="digits", epochs=2,
                                     sampler="random", pruner="none", study_name=f"k{k}")
         handle = open_storage(f"sqlite:///{tmp_path / f'k{k}.db'}")
-        run_worker(handle, settings, trials=3, population=k, device=CPU, sampler_seed=0)
+        run_worker(handle, settings, WorkerOptions(trials=3, population=k, device=CPU, sampler_seed=0))
         trials = optuna.load_study(study_name=f"k{k}", storage=handle.storage).trials
         values[k] = [(t.params, t.value) for t in trials]
     assert [p for p, _ in values[1]] == [p for p, _ in values[3]]

@@ -13,9 +13,10 @@ from optuna.trial import TrialState
 from hpsearch.cli import main
 from hpsearch.devices import resolve_device
 from hpsearch.search.registry import load_study, study_names
-from hpsearch.search.runner import grid_size, make_sampler, open_study, resolve_settings
+from hpsearch.search.settings import grid_size, make_sampler, resolve_settings
 from hpsearch.search.storage import open_storage
-from hpsearch.search.worker import run_worker
+from hpsearch.search.study import open_study
+from hpsearch.search.worker import WorkerOptions, run_worker
 from tests.conftest import interrupted_once_study
 
 CPU = torch.device("cpu")
@@ -89,7 +90,7 @@ def test_pruned_trials_are_recorded_as_pruned(sqlite_url: str) -> None:
     study = open_study(handle, settings)
     study.pruner = optuna.pruners.ThresholdPruner(upper=0.0)  # prunes every trial after epoch 1
     from hpsearch.data import DataCache
-    from hpsearch.search.runner import run_trial
+    from hpsearch.search.trials import run_trial
 
     outcome = run_trial(study, study.ask(), settings, handle=handle, device=CPU, data=DataCache(None, CPU))
     assert outcome.outcome == "pruned"
@@ -171,7 +172,7 @@ def test_an_interrupted_trial_is_queued_again_and_the_rerun_resumes(
 
 def test_run_worker_stops_at_the_study_budget_on_every_storage(storage_url: str) -> None:
     settings = resolve_settings(load_study("depth_width"), dataset="parity-4", epochs=2)
-    report = run_worker(open_storage(storage_url), settings, trials=4, device=CPU)
+    report = run_worker(open_storage(storage_url), settings, WorkerOptions(trials=4, device=CPU))
     assert len(report.outcomes) == 4
     study = optuna.load_study(study_name=settings.study_name, storage=open_storage(storage_url).storage)
     params = [tuple(sorted(t.params.items())) for t in study.trials]

@@ -112,27 +112,28 @@ def test_run_started_in_the_background_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 def test_the_running_trial_reports_its_epochs_and_folds(sqlite_url: str, tmp_path: Path) -> None:
     from hpsearch.search.registry import load_study
-    from hpsearch.search.runner import Progress, resolve_settings
+    from hpsearch.search.settings import resolve_settings
     from hpsearch.search.storage import open_storage
-    from hpsearch.search.worker import run_worker
+    from hpsearch.search.reports import Progress
+    from hpsearch.search.worker import WorkerOptions, run_worker
 
     seen: list[Progress] = []
     settings = resolve_settings(load_study("quickstart"), epochs=2, pruner="none")
-    run_worker(open_storage(sqlite_url), settings, trials=2, device=torch.device("cpu"),
+    run_worker(open_storage(sqlite_url), settings, WorkerOptions(trials=2, device=torch.device("cpu")),
                on_progress=seen.append)
     assert [(p.trial, p.step, p.of, p.unit) for p in seen] == [
         (0, 1, 2, "epoch"), (0, 2, 2, "epoch"), (1, 1, 2, "epoch"), (1, 2, 2, "epoch")]
     folds: list[Progress] = []
     cv = resolve_settings(load_study("quickstart"), dataset="iris", epochs=1, pruner="none", cv=3)
-    run_worker(open_storage(f"sqlite:///{tmp_path / 'cv.db'}"), cv, trials=1,
-               device=torch.device("cpu"), on_progress=folds.append)
+    run_worker(open_storage(f"sqlite:///{tmp_path / 'cv.db'}"), cv,
+               WorkerOptions(trials=1, device=torch.device("cpu")), on_progress=folds.append)
     assert [(p.trial, p.step, p.of, p.unit) for p in folds] == [
         (0, 1, 3, "fold"), (0, 2, 3, "fold"), (0, 3, 3, "fold")]
 
 
 def test_run_shows_the_running_trial_and_logs_each_finished_one(cli: CliRunner, sqlite_url: str) -> None:
     from hpsearch.cli.options import describe
-    from hpsearch.search.runner import Progress
+    from hpsearch.search.reports import Progress
 
     assert describe(Progress(trial=3, step=4, of=20, unit="epoch")) == "trial 3: epoch 4/20"
     result = cli.invoke(main, ["run", "quickstart", "--trials", "2", "--epochs", "1",

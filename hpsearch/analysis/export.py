@@ -26,7 +26,7 @@ import hpsearch
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataSource, check_same_data
 from hpsearch.errors import ConfigError, HPSearchError, StudyError
-from hpsearch.search.runner import ATTR_CONFIG, ATTR_DATA, ATTR_RESULT, ATTR_RUN
+from hpsearch.search.record import ATTR_CONFIG, ATTR_DATA, ATTR_RESULT, ATTR_RUN
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from hpsearch.analysis.stats import (
 )
 from hpsearch.data import DataCache, check_same_data, describe_data
 from hpsearch.devices import device_name
-from hpsearch.search.runner import package_versions
+from hpsearch.search.provenance import package_versions
 from hpsearch.training import train
 
 logger = logging.getLogger(__name__)

@@ -42,7 +42,7 @@ from hpsearch.search.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.search.runner import ATTR_DATA, ATTR_RESULT
+from hpsearch.search.record import ATTR_DATA, ATTR_RESULT
 
 logger = logging.getLogger(__name__)
 

@@ -26,14 +26,8 @@ import torch
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache, DataSource, check_same_data
 from hpsearch.errors import StudyError
-from hpsearch.search.runner import (
-    ATTR_CONFIG,
-    ATTR_CV,
-    ATTR_HISTORY,
-    ATTR_RESULT,
-    ATTR_RUN,
-    package_versions,
-)
+from hpsearch.search.provenance import package_versions
+from hpsearch.search.record import ATTR_CONFIG, ATTR_CV, ATTR_HISTORY, ATTR_RESULT, ATTR_RUN
 from hpsearch.training import CrossValResult, SpeedOptions, TrainResult, train, train_folds
 
 

@@ -18,7 +18,7 @@ from hpsearch.search.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.search.runner import ATTR_DATA, ATTR_RUN
+from hpsearch.search.record import ATTR_DATA, ATTR_RUN
 
 RECENT_SECONDS = 600.0  # a worker counts as seen recently if it started or ended a trial this lately
 MAX_REASON_TRIALS = 5  # trial numbers listed after each reason

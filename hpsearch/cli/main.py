@@ -51,19 +51,13 @@ from hpsearch.cli.parallel import (
 from hpsearch.data import describe_data
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
-from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
-from hpsearch.search.record import load_existing_study
+from hpsearch.search.outcomes import FAILED, describe_counts, interrupt_on_signals, interrupt_reason
+from hpsearch.search.record import ATTR_CONFIG, ATTR_RESULT, load_existing_study
 from hpsearch.search.registry import load_study, study_names
-from hpsearch.search.runner import (
-    ATTR_CONFIG,
-    ATTR_RESULT,
-    FAILED,
-    Progress,
-    TrialOutcome,
-)
+from hpsearch.search.reports import Progress, TrialOutcome
 from hpsearch.search.storage import open_storage
-from hpsearch.search.worker import BudgetState, run_worker
-from hpsearch.training import CrossValResult
+from hpsearch.search.worker import BudgetState, WorkerOptions, run_worker
+from hpsearch.training import CrossValResult, SpeedOptions
 
 
 class HPSearchGroup(click.Group):
@@ -150,11 +144,12 @@ def run_command(study: str, trials: int | None, timeout: float | None, storage: 
             bar.render_progress()
 
         try:
-            report = run_worker(handle, settings, trials=budget, device=torch_device,
-                                timeout=timeout, sampler_seed=seed, on_trial=on_trial,
-                                on_progress=on_progress,
-                                population=population, speed=speed_from(compile_, bf16),
-                                allow_mixed_precision=allow_mixed_precision, data=data)
+            options = WorkerOptions(trials=budget, device=torch_device, timeout=timeout,
+                                    sampler_seed=seed, population=population,
+                                    speed=speed_from(compile_, bf16) or SpeedOptions(),
+                                    allow_mixed_precision=allow_mixed_precision)
+            report = run_worker(handle, settings, options, on_trial=on_trial,
+                                on_progress=on_progress, data=data)
         except KeyboardInterrupt as e:
             click.echo(f"\n{interrupt_reason(e)}: finished trials are kept in {handle.url}; the running trial "
                        "is queued again. Run the same command to resume.", err=True)

@@ -29,15 +29,12 @@ from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
 from hpsearch.search.launch import launch, parse_gpus, plan_workers
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
-from hpsearch.search.record import load_existing_study
-from hpsearch.search.runner import (
-    ATTR_RUN,
-    TrialOutcome,
-    data_record,
-    open_study,
-)
+from hpsearch.search.record import ATTR_RUN, load_existing_study
+from hpsearch.search.reports import TrialOutcome
+from hpsearch.search.settings import data_record
 from hpsearch.search.storage import open_storage
-from hpsearch.search.worker import BudgetState, check_precision, run_worker
+from hpsearch.search.study import open_study
+from hpsearch.search.worker import BudgetState, WorkerOptions, check_precision, run_worker
 from hpsearch.training import SpeedOptions
 
 
@@ -79,10 +76,11 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
                    f"{state.done}/{budget} finished, {state.running} running")
 
     try:
-        report = run_worker(handle, settings, trials=budget, device=torch_device, timeout=timeout,
-                            sampler_seed=sampler_seed, on_trial=on_trial, population=population,
-                            speed=speed_from(compile_, bf16),
-                            allow_mixed_precision=allow_mixed_precision, data=data)
+        options = WorkerOptions(trials=budget, device=torch_device, timeout=timeout,
+                                sampler_seed=sampler_seed, population=population,
+                                speed=speed_from(compile_, bf16) or SpeedOptions(),
+                                allow_mixed_precision=allow_mixed_precision)
+        report = run_worker(handle, settings, options, on_trial=on_trial, data=data)
     except KeyboardInterrupt as e:
         click.echo(f"[{name}] {interrupt_reason(e)}: its running trial is queued again", err=True)
         sys.exit(130)

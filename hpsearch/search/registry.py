@@ -7,7 +7,7 @@ A study module is a small Python file (see `studies/`) with:
 - optionally `BASE` (a `TrainConfig` with the fixed parts), `DATASETS` (accepted by `--dataset`,
   first is the default), `METRIC`, `TRIALS`, `PRUNER`, `SAMPLER`, `GRID` (the search space as
   lists, for `SAMPLER = "grid"`), `RECORD_INIT_STATS` and `CV` (k of k-fold cross-validation
-  on small data sets, 0 for one validation split; see `runner.resolve_cv`).
+  on small data sets, 0 for one validation split; see `settings.resolve_cv`).
 """
 
 from __future__ import annotations
