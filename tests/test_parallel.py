@@ -20,11 +20,12 @@ from optuna.trial import TrialState
 
 from hpsearch.cli import main
 from hpsearch.errors import HPSearchError, StorageError
-from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.launch import parse_gpus, plan_workers, worker_env
+from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.registry import load_study
+from hpsearch.search.retrying import transient
 from hpsearch.search.settings import resolve_settings
-from hpsearch.search.storage import _transient, open_storage
+from hpsearch.search.storage import open_storage
 from hpsearch.search.worker import WorkerOptions, budget_state, run_worker
 
 CPU = torch.device("cpu")
@@ -291,9 +292,9 @@ def test_only_lost_connections_are_retried() -> None:
     lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
     wrapped = optuna.exceptions.StorageInternalError("commit failed")
     wrapped.__cause__ = lost
-    assert _transient(lost) and _transient(wrapped)
+    assert transient(lost) and transient(wrapped)
     bad_data = sqlalchemy.exc.DataError("INSERT", {}, Exception("value too long"))
-    assert not _transient(bad_data) and not _transient(ValueError("x"))
+    assert not transient(bad_data) and not transient(ValueError("x"))
 
 
 def test_an_unreachable_postgresql_fails_fast_at_open_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:

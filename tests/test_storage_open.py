@@ -13,15 +13,15 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from hpsearch.search import storage
 from hpsearch.errors import StorageError
+from hpsearch.search import rdb
 from hpsearch.search.storage import open_storage
 
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/db"
 
 
 def _opening(monkeypatch: pytest.MonkeyPatch, errors: list[Exception]) -> list[int]:
-    """Make `_open_rdb` meet `errors` one after the other, then succeed; returns the calls."""
+    """Make `open_rdb` meet `errors` one after the other, then succeed; returns the calls."""
     calls: list[int] = []
 
     def rdb_storage(*_: object) -> str:
@@ -30,9 +30,9 @@ def _opening(monkeypatch: pytest.MonkeyPatch, errors: list[Exception]) -> list[i
             raise errors.pop(0)
         return "opened"
 
-    monkeypatch.setattr(storage, "_schema_lock", lambda url: contextlib.nullcontext())
-    monkeypatch.setattr(storage, "_rdb_storage", rdb_storage)
-    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(rdb, "_schema_lock", lambda url: contextlib.nullcontext())
+    monkeypatch.setattr(rdb, "_rdb_storage", rdb_storage)
+    monkeypatch.setattr(rdb.time, "sleep", lambda seconds: None)
     return calls
 
 
@@ -41,7 +41,7 @@ def test_a_session_ended_by_the_server_is_retried_whatever_its_message(monkeypat
     dropped = sqlalchemy.exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("gone"),
                                               connection_invalidated=True)
     calls = _opening(monkeypatch, [shutdown, dropped])
-    assert storage._open_rdb(URL, {}, None, postgres=True) == "opened"
+    assert rdb.open_rdb(URL, {}, None, postgres=True) == "opened"
     assert len(calls) == 3
 
 
@@ -50,7 +50,7 @@ def test_an_error_that_only_reads_like_a_lost_server_is_not_retried(monkeypatch:
         "SELECT 1", {}, psycopg.errors.SyntaxError("terminating connection due to a typo"))
     calls = _opening(monkeypatch, [bad_query])
     with pytest.raises(sqlalchemy.exc.ProgrammingError):
-        storage._open_rdb(URL, {}, None, postgres=True)
+        rdb.open_rdb(URL, {}, None, postgres=True)
     assert len(calls) == 1
 
 
@@ -98,7 +98,7 @@ def _refusing_server(sqlstate: str, message: str) -> Iterator[tuple[int, list[st
 def test_a_server_that_is_starting_up_is_waited_for(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(storage, "OPEN_RETRY_SECONDS", 1.5)
+    monkeypatch.setattr(rdb, "OPEN_RETRY_SECONDS", 1.5)
     caplog.set_level(logging.WARNING, logger="hpsearch.search.storage")
     with _refusing_server("57P03", "the database system is starting up") as (port, attempts), \
             pytest.raises(StorageError, match="the database system is starting up"):
@@ -109,7 +109,7 @@ def test_a_server_that_is_starting_up_is_waited_for(
 def test_a_server_that_refuses_the_database_fails_at_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(storage, "OPEN_RETRY_SECONDS", 1.5)
+    monkeypatch.setattr(rdb, "OPEN_RETRY_SECONDS", 1.5)
     caplog.set_level(logging.WARNING, logger="hpsearch.search.storage")
     with _refusing_server("3D000", 'database "db" does not exist') as (port, attempts), \
             pytest.raises(StorageError, match='database "db" does not exist'):

@@ -1,0 +1,111 @@
+"""Data sets by name: the loader registry, generated parity sets, and the per-worker cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from hpsearch.data.source import with_tensor_source
+from hpsearch.data.splits import RawData, Splits, make_folds, make_splits
+from hpsearch.errors import DataError, choices_hint
+
+logger = logging.getLogger(__name__)
+
+
+Loader = Callable[[Path, bool], RawData]
+_LOADERS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Add a loader `(data_dir, download) -> RawData` under `name` (also how tests add tiny sets)."""
+
+    def decorate(loader: Loader) -> Loader:
+        _LOADERS[name] = loader
+        return loader
+
+    return decorate
+
+
+def dataset_names() -> list[str]:
+    return sorted(_LOADERS) + ["parity-N (N = 2..20)"]
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in _LOADERS and _parity_bits(name) is None:
+        raise DataError(choices_hint(name, dataset_names(), "data set"))
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("HPSEARCH_DATA_DIR", Path.home() / ".cache" / "hpsearch"))
+
+
+def download_allowed() -> bool:
+    """Tests and air-gapped machines set HPSEARCH_DOWNLOAD=0 to fail fast instead of trying."""
+    return os.environ.get("HPSEARCH_DOWNLOAD", "1") not in ("0", "false", "no")
+
+
+def load_raw(name: str, data_dir: Path | None = None) -> RawData:
+    bits = _parity_bits(name)
+    if bits is not None:
+        return with_tensor_source(_parity(bits), f"generated {name}")
+    check_dataset_name(name)
+    loader = _LOADERS[name]
+    raw = loader(Path(data_dir) if data_dir else default_data_dir(), download_allowed())
+    if raw.source is None:
+        raw = with_tensor_source(raw, f"loader {loader.__module__}.{loader.__qualname__}")
+    return raw
+
+
+
+def _parity_bits(name: str) -> int | None:
+    match = re.fullmatch(r"parity-(\d+)", name)
+    if match is None:
+        return None
+    bits = int(match.group(1))
+    if not 2 <= bits <= 20:
+        raise DataError(f"data set {name!r}: parity needs 2 to 20 bits, e.g. parity-8")
+    return bits
+
+
+def _parity(bits: int) -> RawData:
+    patterns = torch.arange(2**bits).unsqueeze(1)
+    x = ((patterns >> torch.arange(bits)) & 1).float()
+    y = x.sum(dim=1).long() % 2
+    return RawData(x, y, x, y, classes=("even", "odd"), memorise=True)
+
+
+
+class DataCache:
+    """Per-worker memory of loaded splits, so a data set is read and moved once, not per trial."""
+
+    def __init__(self, data_dir: Path | None, device: torch.device) -> None:
+        self.data_dir = data_dir
+        self.device = device
+        self._splits: dict[tuple[str, float, int, bool], Splits] = {}
+        self._folds: dict[tuple[str, int, int], list[Splits]] = {}
+
+    def get(self, name: str, *, val_fraction: float, split_seed: int, final: bool = False) -> Splits:
+        key = (name, val_fraction, split_seed, final)
+        if key not in self._splits:
+            raw = load_raw(name, self.data_dir)
+            splits = make_splits(
+                raw, name=name, val_fraction=val_fraction, split_seed=split_seed, final=final
+            )
+            self._splits[key] = splits.to(self.device)
+            logger.info("loaded %s (%d train examples) onto %s", name, len(splits.train), self.device)
+        return self._splits[key]
+
+    def folds(self, name: str, *, k: int, split_seed: int) -> list[Splits]:
+        """The k cross-validation splits (`make_folds`), made and moved once per worker."""
+        key = (name, k, split_seed)
+        if key not in self._folds:
+            folds = make_folds(load_raw(name, self.data_dir), name=name, k=k, split_seed=split_seed)
+            self._folds[key] = [fold.to(self.device) for fold in folds]
+            logger.info("made %d folds of %s onto %s", k, name, self.device)
+        return self._folds[key]
+
