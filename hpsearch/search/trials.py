@@ -149,7 +149,9 @@ def run_trials(
         except KeyboardInterrupt as e:
             _interrupt(run, members, e)
             raise
-    return [member.outcome for member in members if member.outcome is not None]
+    outcomes = [member.outcome for member in members if member.outcome is not None]
+    assert len(outcomes) == len(members)
+    return outcomes
 
 
 def _suggest(run: _Run, member: _Member) -> None:
