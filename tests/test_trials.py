@@ -2,7 +2,8 @@
 
 Three places where the single and the stacked paths used to differ, each decided once and
 checked for a population of 1 and of 3: whether NopPruner is asked, what the run record holds,
-and what a storage error while recording does to the trial and the budget.
+and what a storage error while recording does to the trial and the budget; and an interrupt
+ends every member of a batch the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sqlalchemy
 import torch
 from optuna.trial import TrialState
 
+from hpsearch.search import trials as trial_path
 from hpsearch.search.registry import load_study
 from hpsearch.search.settings import resolve_settings
 from hpsearch.search.storage import open_storage
@@ -100,3 +102,28 @@ def test_a_storage_error_while_recording_fails_that_trial_alone_and_counts(
     assert "database is locked" in stored.user_attrs["outcome_reason"]
     # The others trained as usual, with their own records.
     assert all(study.trials[n].user_attrs["run"]["population"] == population for n in (0, 2))
+
+
+@pytest.mark.parametrize("population", [1, 3])
+def test_an_interrupt_tells_every_member_interrupted_and_queues_it_again(
+    population: int, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted_after_one_epoch(*args: Any, on_epoch: Any, **kwargs: Any) -> Any:
+        def epoch(index: int, record: Any) -> Any:
+            on_epoch(index, record)
+            raise KeyboardInterrupt
+
+        return train_many(*args, on_epoch=epoch, **kwargs)
+
+    train_many = trial_path.train_many
+    monkeypatch.setattr(trial_path, "train_many", interrupted_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(sqlite_url, population=population, pruner="none")
+    study = optuna.load_study(study_name="quickstart", storage=sqlite_url)
+    ran = [t for t in study.trials if t.state == TrialState.FAIL]
+    queued = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert len(ran) == population and all(
+        t.user_attrs["result"] == {"outcome": "interrupted", "reason": "interrupted by SIGINT"}
+        for t in ran)
+    assert sorted(t.params["lr"] for t in queued) == sorted(t.params["lr"] for t in ran)
+    assert budget_state(study).done == 0
