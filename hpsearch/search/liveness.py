@@ -14,15 +14,14 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from hpsearch.search.optuna_private import BaseHeartbeat, trial_id
-from hpsearch.search.outcomes import LOST, outcome_attrs
-from hpsearch.search.provenance import worker_identity
-from hpsearch.search.record import ATTR_RESULT, ATTR_RUN
+from hpsearch.search.outcomes import LOST
+from hpsearch.search.provenance import RunRecord, WorkerIdentity
+from hpsearch.search.record import finished_attrs
 from hpsearch.search.storage import ATTR_BEAT, StorageHandle, requeue
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
-    me = worker_identity()
+    me = WorkerIdentity.current()
     interval = handle.heartbeat_interval if handle.kind == "journal" else None
     grace = 3 * interval if interval else None
     lost = []
@@ -96,8 +95,7 @@ def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]
         if reason is None:
             continue
         try:
-            handle.storage.set_trial_user_attr(trial_id(t), ATTR_RESULT, {"outcome": LOST, "reason": reason})
-            for key, value in outcome_attrs(LOST, reason).items():
+            for key, value in finished_attrs(LOST, reason, None).items():
                 handle.storage.set_trial_user_attr(trial_id(t), key, value)
             if not handle.storage.set_trial_state_values(trial_id(t), state=TrialState.FAIL):
                 continue
@@ -110,19 +108,19 @@ def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]
 
 
 def _lost_reason(
-    trial: optuna.trial.FrozenTrial, me: dict[str, Any], *, grace: float | None, now: float
+    trial: optuna.trial.FrozenTrial, me: WorkerIdentity, *, grace: float | None, now: float
 ) -> str | None:
     """Why the running `trial` has no live worker, or None while it may have one."""
-    worker = trial.user_attrs.get(ATTR_RUN, {}).get("worker", {})
-    if worker and worker.get("id") == me["id"]:
+    worker = RunRecord.from_trial(trial).worker
+    if worker.id is not None and worker.id == me.id:
         return None
-    who = f"{worker.get('host')}:{worker.get('pid')}"
     # kill(pid, 0) answers for this PID namespace only; elsewhere the same number is another
     # process, so a pid from another boot or namespace is left to the heartbeat.
-    same_pids = all(worker.get(key) is not None and worker.get(key) == me[key]
+    same_pids = all(getattr(worker, key) is not None and getattr(worker, key) == getattr(me, key)
                     for key in ("host", "boot_id", "pid_ns"))
-    if same_pids and (worker.get("pid") == me["pid"] or not _process_alive(int(worker["pid"]))):
-        return f"worker {who} died while running this trial"
+    if same_pids and worker.pid is not None and (worker.pid == me.pid
+                                                 or not _process_alive(int(worker.pid))):
+        return f"worker {worker.label} died while running this trial"
     beat = trial.system_attrs.get(ATTR_BEAT)
     if not isinstance(beat, (int, float)) and trial.datetime_start is not None:
         # A worker that died between asking for the trial and its first beat (or a journal an
@@ -130,7 +128,7 @@ def _lost_reason(
         # first beat follows the ask within milliseconds, so the start time stands in for it.
         beat = trial.datetime_start.timestamp()
     if grace is not None and isinstance(beat, (int, float)) and now - beat > grace:
-        return f"worker {who} sent no heartbeat for {now - beat:.0f} s (grace {grace:.0f} s)"
+        return f"worker {worker.label} sent no heartbeat for {now - beat:.0f} s (grace {grace:.0f} s)"
     return None
 
 

@@ -24,7 +24,7 @@ from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
 from hpsearch.search.liveness import recover_lost_trials
 from hpsearch.search.outcomes import COUNTED, ORDER, TAKEN_OVER, trial_outcome
-from hpsearch.search.record import ATTR_RUN
+from hpsearch.search.record import ATTR_RUN, RunRecord
 from hpsearch.search.reports import OnProgress, TrialOutcome
 from hpsearch.search.settings import RunSettings, data_record, grid_size
 from hpsearch.search.storage import StorageHandle
@@ -214,9 +214,8 @@ def check_precision(study: optuna.Study, speed: SpeedOptions, *, allow_mixed: bo
     wanted = speed.precision
     stored = study.user_attrs.get(ATTR_PRECISION)
     if stored is None:
-        runs = [t.user_attrs.get(ATTR_RUN) for t in study.get_trials(deepcopy=False)]
-        used = {"bf16" if (run.get("speed") or {}).get("bf16") else "float32"
-                for run in runs if isinstance(run, dict)}
+        used = {RunRecord.from_trial(t).precision for t in study.get_trials(deepcopy=False)
+                if isinstance(t.user_attrs.get(ATTR_RUN), dict)}
         if len(used) > 1:
             stored = "mixed"
         elif used:
