@@ -32,8 +32,7 @@ from hpsearch.search.record import (
     study_metric,
 )
 from hpsearch.search.storage import open_storage
-from hpsearch.training.crossval import train_folds
-from hpsearch.training.trainer import SpeedOptions, train
+from hpsearch.training import SpeedOptions, train, train_folds
 
 CONFIG = TrainConfig(dataset="iris", hidden=(8,), epochs=3, batch_size=16, seed=5)
 DATA = {"kind": "built-in", "location": "iris", "sha256": "ab" * 32, "files": {},

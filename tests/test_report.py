@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from hpsearch.analysis import report as report_module
+from hpsearch.analysis import figures as figures_module
 from hpsearch.cli import main
 from hpsearch.analysis.report import build_report, write_report
 from hpsearch.search.storage import open_storage
@@ -183,7 +183,7 @@ def synthetic_study(n: int, *, seed: int = 0) -> optuna.Study:
 def test_large_study_is_sampled_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in (("MAX_PLOTTED", 100), ("KEEP_BEST", 20), ("MAX_IMPORTANCE", 150),
                         ("CURVES_BEST", 5), ("CURVES_PRUNED", 4)):
-        monkeypatch.setattr(report_module, name, value)
+        monkeypatch.setattr(figures_module, name, value)
     study = synthetic_study(400)
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]

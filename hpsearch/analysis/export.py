@@ -26,7 +26,7 @@ import hpsearch
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataSource, check_same_data
 from hpsearch.errors import ConfigError, HPSearchError, StudyError
-from hpsearch.search.record import ATTR_CONFIG, ATTR_DATA, ATTR_RESULT, ATTR_RUN
+from hpsearch.search.record import ATTR_DATA, RunRecord, TrialRecord, study_metric
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +74,11 @@ def best_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
 
 def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[str, Any]:
     """A file entry for one trial, with its config converted for the final run."""
-    stored = trial.user_attrs.get(ATTR_CONFIG)
-    if not isinstance(stored, dict):
-        raise StudyError(
-            f"trial {trial.number} of study {study.study_name!r} has no stored config (user "
-            f"attribute {ATTR_CONFIG!r}); only trials run by hpsearch can be exported"
-        )
-    search_config = TrainConfig.from_dict(stored)
-    run = trial.user_attrs.get(ATTR_RUN, {})
-    result = trial.user_attrs.get(ATTR_RESULT, {})
-    best_epoch = result.get("best_epoch")
+    record = TrialRecord.from_trial(trial)
+    search_config = record.config(where=f"study {study.study_name!r}",
+                                  why="only trials run by hpsearch can be exported")
+    run, result = record.run, record.result
+    best_epoch = result.best_epoch
     if not isinstance(best_epoch, int):
         if search_config.stopping != "fixed":
             raise StudyError(
@@ -92,17 +87,16 @@ def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[
             )
         best_epoch = search_config.epochs
     config = final_config(search_config, best_epoch)
-    metric = study.user_attrs.get("metric") or (study.metric_names or ["value"])[0]
     return {
         "rank": rank,
         "study": study.study_name,
         "trial": trial.number,
-        "metric": metric,
+        "metric": study_metric(study).name,
         "value": trial.value,
-        "study_module": run.get("study_module", study.user_attrs.get("study_module")),
-        "source_hash": run.get("source_hash", study.user_attrs.get("source_hash")),
+        "study_module": run.study_module or study.user_attrs.get("study_module"),
+        "source_hash": run.source_hash or study.user_attrs.get("source_hash"),
         "dataset": config.dataset,
-        "data": run.get(ATTR_DATA),  # source, content hash and sizes; `final` checks the hash
+        "data": run.data,  # source, content hash and sizes; `final` checks the hash
         "split": {"val_fraction": config.val_fraction, "split_seed": config.split_seed},
         "seed": config.seed,
         "params": dict(trial.params),
@@ -110,14 +104,14 @@ def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[
             "stopping": search_config.stopping,
             "max_epochs": search_config.epochs,
             "best_epoch": best_epoch,
-            "epochs_run": result.get("epochs_run"),
-            "stop_reason": result.get("stop_reason"),
-            "seconds": result.get("seconds"),
-            "device_name": run.get("device_name"),
+            "epochs_run": result.epochs_run,
+            "stop_reason": result.stop_reason,
+            "seconds": result.seconds,
+            "device_name": run.device_name,
             # k > 0: value is the mean over k folds and best_epoch the folds' mean best epoch.
-            "cv_folds": run.get("split", {}).get("cv_folds", 0),
+            "cv_folds": run.cv_folds,
         },
-        "versions": run.get("versions", {}),
+        "versions": dict(run.versions),
         "config": config.to_dict(),
     }
 
@@ -152,7 +146,7 @@ def _check_trials_data(
     if DataSource.from_dict(recorded) is None:
         return
     for t in trials:
-        used = DataSource.from_dict(t.user_attrs.get(ATTR_RUN, {}).get(ATTR_DATA))
+        used = DataSource.from_dict(RunRecord.from_trial(t).data)
         if used is None:
             continue
         note = check_same_data(

@@ -17,7 +17,6 @@ import datetime
 import hashlib
 import itertools
 import logging
-import socket
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,10 +34,10 @@ from hpsearch.analysis.stats import (
     t_interval,
     wilson_interval,
 )
-from hpsearch.data import DataCache, check_same_data, describe_data
-from hpsearch.devices import device_name
-from hpsearch.search.provenance import package_versions
-from hpsearch.training import train
+from hpsearch.config import TrainConfig
+from hpsearch.data import DataCache, Splits, check_same_data, describe_data
+from hpsearch.search.provenance import RunRecord
+from hpsearch.training import TrainResult, train
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +63,8 @@ def run_final(
     unless `allow_other_data`.
     """
     data = DataCache(data_dir, device)
+    # Where this evaluation runs, recorded as a trial's run record is (its config aside).
+    here = RunRecord.here(device)
     labels = label_all(entries)
     configs = []
     test_labels: dict[str, list[int]] = {}
@@ -80,10 +81,10 @@ def run_final(
         "export_sha256": _sha256(export_path) if export_path else None,
         "seeds": seeds,
         "confidence": CONFIDENCE,
-        "device": str(device),
-        "device_name": device_name(device),
-        "host": socket.gethostname(),
-        "versions": package_versions(),
+        "device": here.device,
+        "device_name": here.device_name,
+        "host": here.worker.host,
+        "versions": dict(here.versions),
         "method": {
             "per_seed_interval": "Wilson score interval for the test error (scipy binomtest)",
             "mean_interval": "Student t interval over the per-seed test errors (scipy ttest_1samp)",
@@ -123,47 +124,17 @@ def evaluate_config(
         logger.warning("%s", note)
     if on_data is not None:
         on_data(label, splits.provenance(), note)
-    n_test = len(splits.test)
     runs = []
     for k in range(seeds):
         seeded = config.replace(seed=config.seed + k)
         result = train(seeded, splits, device=device, evaluate_test=True)
-        run: dict[str, Any] = {
-            "seed": seeded.seed,
-            "epochs": len(result.history),
-            "seconds": round(result.seconds, 3),
-            "failure": result.failure,
-            "rerun": {
-                "config": seeded.to_dict(),
-                "dataset": seeded.dataset,
-                "split": {"final": True, "train": "official training set",
-                          "test": "official test set", "n_train": len(splits.train),
-                          "n_test": n_test},
-                "device": str(device),
-                "device_name": device_name(device),
-                "versions": package_versions(),
-                "study": entry.study,
-                "trial": entry.trial,
-                "study_module": entry.source.get("study_module"),
-                "source_hash": entry.source.get("source_hash"),
-            },
-        }
-        if result.test is not None:
-            test = result.test
-            errors = n_test - sum(test.confusion[i][i] for i in range(len(test.confusion)))
-            low, high = wilson_interval(errors, n_test)
-            run.update(
-                errors=errors,
-                error=test.error,
-                error_ci=[low, high],
-                accuracy=test.accuracy,
-                accuracy_ci=[1.0 - high, 1.0 - low],
-                f1=test.f1,
-                loss=test.loss,
-                confusion=test.confusion,
-                predictions=test.predictions,
-            )
-        else:
+        here = RunRecord.of(seeded, device=device, study_module=entry.source.get("study_module"),
+                            source_hash=entry.source.get("source_hash"))
+        run = {"seed": seeded.seed, "epochs": len(result.history),
+               "seconds": round(result.seconds, 3), "failure": result.failure,
+               "rerun": _rerun_record(here, seeded, entry, splits),
+               **_test_record(result, n_test=len(splits.test))}
+        if result.test is None:
             logger.warning("%s seed %d failed: %s", label, seeded.seed, result.failure)
         runs.append(run)
         if on_run is not None:
@@ -177,12 +148,45 @@ def evaluate_config(
         "dataset": config.dataset,
         "data": splits.provenance(),
         "data_note": note,
-        "n_test": n_test,
+        "n_test": len(splits.test),
         "config": config.to_dict(),
         "summary": summarise(runs, splits.test.y.tolist()),
         "runs": runs,
         "test_labels": splits.test.y.tolist(),
     }
+
+
+def _rerun_record(
+    here: RunRecord, config: TrainConfig, entry: ExportedConfig, splits: Splits
+) -> dict[str, Any]:
+    """What re-runs one seed of a final evaluation: a trial's run record, on the official split."""
+    assert splits.test is not None
+    return {
+        "config": config.to_dict(),
+        "dataset": here.dataset,
+        "split": {"final": True, "train": "official training set",
+                  "test": "official test set", "n_train": len(splits.train),
+                  "n_test": len(splits.test)},
+        "device": here.device,
+        "device_name": here.device_name,
+        "versions": dict(here.versions),
+        "study": entry.study,
+        "trial": entry.trial,
+        "study_module": here.study_module,
+        "source_hash": here.source_hash,
+    }
+
+
+def _test_record(result: TrainResult, *, n_test: int) -> dict[str, Any]:
+    """One seed's test-set figures, with 95% Wilson intervals; {} for a failed seed."""
+    test = result.test
+    if test is None:
+        return {}
+    errors = n_test - sum(test.confusion[i][i] for i in range(len(test.confusion)))
+    low, high = wilson_interval(errors, n_test)
+    return {"errors": errors, "error": test.error, "error_ci": [low, high],
+            "accuracy": test.accuracy, "accuracy_ci": [1.0 - high, 1.0 - low], "f1": test.f1,
+            "loss": test.loss, "confusion": test.confusion, "predictions": test.predictions}
 
 
 def summarise(runs: Sequence[dict[str, Any]], labels: Sequence[int]) -> dict[str, Any] | None:
@@ -238,59 +242,27 @@ def compare_configs(
 
 def markdown(document: dict[str, Any]) -> str:
     """The short tables printed after a final run and written beside the JSON."""
-    pct = _pct
     configs = sorted(
         document["configs"],
         key=lambda c: c["summary"]["mean_error"] if c["summary"] else float("inf"),
     )
     best = configs[0]["label"] if configs and configs[0]["summary"] else None
     verdicts = {frozenset((p["a"], p["b"])): p for p in document["comparisons"]}
-    seeds = document["seeds"]
     lines = [
-        (f"Test error over {seeds} seed(s) per config, {document['device_name']}; 95% intervals: "
-         "t over seeds for the mean, Wilson for each seed and for the seeds' vote."),
+        (f"Test error over {document['seeds']} seed(s) per config, {document['device_name']}; "
+         "95% intervals: t over seeds for the mean, Wilson for each seed and for the seeds' vote."),
+        "",
+        *(f"Data of {c['label']}: {describe_data(c.get('data'))}"
+          + (f" ({c['data_note']})" if c.get("data_note") else "") for c in configs),
         "",
         ("| config | data | search value | test error: mean (95% t-CI) | per seed | macro-F1 "
          "| vote error (95% Wilson) | vs best (Holm) |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(_config_row(c, best=best, verdicts=verdicts) for c in configs),
+        "", "| config | seed | test error (95% Wilson) | accuracy | macro-F1 | epochs | s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        *(_seed_row(c, r) for c in configs for r in c["runs"]),
     ]
-    data_lines = [f"Data of {c['label']}: {describe_data(c.get('data'))}"
-                  + (f" ({c['data_note']})" if c.get("data_note") else "") for c in configs]
-    lines[1:1] = ["", *data_lines]
-    for c in configs:
-        s = c["summary"]
-        search = f"{c['metric']} {c['search_value']:.4f}" if c["search_value"] is not None else "-"
-        if s is None:
-            lines.append(f"| {c['label']} | {c['dataset']} | {search} | all seeds failed | | | | |")
-            continue
-        mean = pct(s["mean_error"])
-        if s["error_t_ci"]:
-            mean += f" ({pct(s['error_t_ci'][0])}-{pct(s['error_t_ci'][1])})"
-        per_seed = ", ".join(pct(r["error"]) if r.get("error") is not None else "failed"
-                             for r in c["runs"])
-        vote = f"{pct(s['vote_error'])} ({pct(s['vote_error_ci'][0])}-{pct(s['vote_error_ci'][1])})"
-        if c["label"] == best:
-            versus = "best"
-        else:
-            pair = verdicts.get(frozenset((c["label"], best)))
-            versus = "-" if pair is None else (
-                f"tied (p={pair['p_holm']:.3g})" if pair["verdict"] == "tied"
-                else f"{pair['verdict']} (p={pair['p_holm']:.3g})")
-        lines.append(f"| {c['label']} | {c['dataset']} | {search} | {mean} | {per_seed} "
-                     f"| {s['mean_f1']:.4f} | {vote} | {versus} |")
-    lines += ["", "| config | seed | test error (95% Wilson) | accuracy | macro-F1 | epochs | s |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
-    for c in configs:
-        for r in c["runs"]:
-            if r.get("error") is None:
-                lines.append(f"| {c['label']} | {r['seed']} | failed: {r['failure']} | | | "
-                             f"{r['epochs']} | {r['seconds']:.1f} |")
-                continue
-            lines.append(
-                f"| {c['label']} | {r['seed']} | {pct(r['error'])} ({pct(r['error_ci'][0])}-"
-                f"{pct(r['error_ci'][1])}) | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['epochs']} "
-                f"| {r['seconds']:.1f} |"
-            )
     if document["comparisons"]:
         lines += ["", "| pair | only A right | only B right | McNemar p | Holm p | verdict |",
                   "| --- | --- | --- | --- | --- | --- |"]
@@ -298,6 +270,43 @@ def markdown(document: dict[str, Any]) -> str:
             lines.append(f"| {p['a']} vs {p['b']} | {p['only_a_correct']} | {p['only_b_correct']} "
                          f"| {p['p_value']:.3g} | {p['p_holm']:.3g} | {p['verdict']} |")
     return "\n".join(lines) + "\n"
+
+
+def _config_row(
+    c: dict[str, Any], *, best: str | None, verdicts: dict[frozenset[Any], dict[str, Any]]
+) -> str:
+    """A config's line of the summary table: its mean over seeds and how it compares to the best."""
+    pct = _pct
+    s = c["summary"]
+    search = f"{c['metric']} {c['search_value']:.4f}" if c["search_value"] is not None else "-"
+    if s is None:
+        return f"| {c['label']} | {c['dataset']} | {search} | all seeds failed | | | | |"
+    mean = pct(s["mean_error"])
+    if s["error_t_ci"]:
+        mean += f" ({pct(s['error_t_ci'][0])}-{pct(s['error_t_ci'][1])})"
+    per_seed = ", ".join(pct(r["error"]) if r.get("error") is not None else "failed"
+                         for r in c["runs"])
+    vote = f"{pct(s['vote_error'])} ({pct(s['vote_error_ci'][0])}-{pct(s['vote_error_ci'][1])})"
+    if c["label"] == best:
+        versus = "best"
+    else:
+        pair = verdicts.get(frozenset((c["label"], best)))
+        versus = "-" if pair is None else (
+            f"tied (p={pair['p_holm']:.3g})" if pair["verdict"] == "tied"
+            else f"{pair['verdict']} (p={pair['p_holm']:.3g})")
+    return (f"| {c['label']} | {c['dataset']} | {search} | {mean} | {per_seed} "
+            f"| {s['mean_f1']:.4f} | {vote} | {versus} |")
+
+
+def _seed_row(c: dict[str, Any], r: dict[str, Any]) -> str:
+    """One seed's line of the per-seed table."""
+    if r.get("error") is None:
+        return (f"| {c['label']} | {r['seed']} | failed: {r['failure']} | | | "
+                f"{r['epochs']} | {r['seconds']:.1f} |")
+    pct = _pct
+    return (f"| {c['label']} | {r['seed']} | {pct(r['error'])} ({pct(r['error_ci'][0])}-"
+            f"{pct(r['error_ci'][1])}) | {r['accuracy']:.4f} | {r['f1']:.4f} | {r['epochs']} "
+            f"| {r['seconds']:.1f} |")
 
 
 def _pct(x: float) -> str:

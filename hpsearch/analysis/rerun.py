@@ -16,7 +16,9 @@ the split seed) and compared fold by fold and by the mean.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,16 @@ import torch
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache, DataSource, check_same_data
 from hpsearch.errors import StudyError
-from hpsearch.search.provenance import package_versions
-from hpsearch.search.record import ATTR_CONFIG, ATTR_CV, ATTR_HISTORY, ATTR_RESULT, ATTR_RUN
-from hpsearch.training import CrossValResult, SpeedOptions, TrainResult, train, train_folds
+from hpsearch.search.provenance import RunRecord, package_versions
+from hpsearch.search.record import DEFAULT_METRIC, TrialRecord, study_metric
+from hpsearch.training import (
+    METRICS,
+    CrossValResult,
+    SpeedOptions,
+    TrainResult,
+    train,
+    train_folds,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,16 +46,18 @@ class Rerun:
     metric: str
     config: TrainConfig
     stored_value: float | None  # None unless the trial completed
-    stored_history: list[float | None]  # the metric per epoch, as stored
+    stored: TrialRecord  # what the trial stored: run record, history, result, folds
     result: TrainResult | CrossValResult
-    stored_run: dict[str, Any]
-    stored_result: dict[str, Any]  # outcome, stop reason, best epoch... as stored
     version_changes: dict[str, tuple[str, str]]  # package: (stored, now)
     speed: SpeedOptions  # what the rerun trained with
     notes: list[str]  # how the rerun differs from how the trial ran, and why
-    stored_cv: dict[str, Any] | None = None  # a cross-validated trial's per-fold record
     data: dict[str, Any] = dataclasses.field(default_factory=dict)  # provenance of the rerun's data
     data_note: str | None = None  # why the data was not checked, or was allowed to differ
+
+    @property
+    def stored_history(self) -> list[float | None]:
+        """The metric per epoch, as stored."""
+        return self.stored.history.metric(self.metric)
 
     @property
     def history(self) -> list[float]:
@@ -65,7 +76,7 @@ class Rerun:
         """Largest absolute difference over the epochs both runs have values for (of every fold
         the stored trial trained, for a cross-validated one)."""
         if isinstance(self.result, CrossValResult):
-            stored = (self.stored_cv or {}).get("history", [])
+            stored = self.stored.cv.history if self.stored.cv is not None else []
             rerun = [[r.metric(self.metric) for r in fold.history] for fold in self.result.folds]
         else:
             stored, rerun = [self.stored_history], [self.history]
@@ -92,28 +103,31 @@ def rerun_trial(
         known = f"0 to {max(trials)}" if trials else "none"
         raise StudyError(f"study {study.study_name!r} has no trial {number}; trial numbers: {known}")
     trial = trials[number]
-    stored = trial.user_attrs.get(ATTR_CONFIG)
-    if not isinstance(stored, dict):
-        raise StudyError(
-            f"trial {number} of {study.study_name!r} has no stored config (user attribute "
-            f"{ATTR_CONFIG!r}): it was not run by hpsearch, or failed before its config was made"
-        )
-    config = TrainConfig.from_dict(stored)
-    metric = study.user_attrs.get("metric", "val_error")
-    run = trial.user_attrs.get(ATTR_RUN, {})
-    history = trial.user_attrs.get(ATTR_HISTORY, {}).get(metric, [])
+    stored = TrialRecord.from_trial(trial)
+    config = stored.config(
+        where=repr(study.study_name),
+        why="it was not run by hpsearch, or failed before its config was made",
+    )
+    metric = study_metric(study).name
+    if metric not in METRICS:
+        # A study that names no metric of the trainer's (made by hand around hpsearch trials) is
+        # compared on the metric a study module has when it declares none.
+        metric = DEFAULT_METRIC
+    run = stored.run
     data = DataCache(data_dir, device)
-    k = run.get("split", {}).get("cv_folds", 0)
-    if k:
-        folds = data.folds(config.dataset, k=k, split_seed=config.split_seed)
-        used = {**folds[0].provenance(), "folds": k}
+    train_again: Callable[..., TrainResult | CrossValResult]
+    if run.cv_folds:
+        folds = data.folds(config.dataset, k=run.cv_folds, split_seed=config.split_seed)
+        used = {**folds[0].provenance(), "folds": run.cv_folds}
+        train_again = functools.partial(train_folds, config, folds, metric=metric)
     else:
         splits = data.get(config.dataset, val_fraction=config.val_fraction,
                           split_seed=config.split_seed)
         used = splits.provenance()
+        train_again = functools.partial(train, config, splits)
     source = DataSource.from_dict(used)
     assert source is not None
-    note = check_same_data(run.get("data"), source, allow_other_data=allow_other_data,
+    note = check_same_data(run.data, source, allow_other_data=allow_other_data,
                            recorded_by=f"trial {number} of {study.study_name!r}",
                            fix="pass --data-dir with the data the trial used")
     notes: list[str] = []
@@ -121,36 +135,21 @@ def rerun_trial(
         speed, notes = _recorded_speed(run, device)
     # No pruner here: a pruned trial runs all its epochs (and folds), and the stored ones are
     # compared.
-    result: TrainResult | CrossValResult
-    if k:
-        result = train_folds(config, folds, metric=metric, device=device, speed=speed)
-    else:
-        result = train(config, splits, device=device, speed=speed)
+    result = train_again(device=device, speed=speed)
+    return Rerun(trial=number, metric=metric, config=config, stored_value=trial.value,
+                 stored=stored, result=result, version_changes=_version_changes(run),
+                 speed=speed, notes=notes, data=used, data_note=note)
+
+
+def _version_changes(run: RunRecord) -> dict[str, tuple[str, str]]:
+    """Packages whose version differs from the trial's: package: (stored, now)."""
     now = package_versions()
-    changes = {k: (str(v), now[k]) for k, v in run.get("versions", {}).items()
-               if k in now and str(v) != now[k]}
-    return Rerun(
-        trial=number,
-        metric=metric,
-        config=config,
-        stored_value=trial.value,
-        stored_history=list(history),
-        result=result,
-        stored_run=run,
-        stored_result=dict(trial.user_attrs.get(ATTR_RESULT) or {}),
-        version_changes=changes,
-        speed=speed,
-        notes=notes,
-        stored_cv=trial.user_attrs.get(ATTR_CV),
-        data=used,
-        data_note=note,
-    )
+    return {k: (str(v), now[k]) for k, v in run.versions.items() if k in now and str(v) != now[k]}
 
 
-def _recorded_speed(run: dict[str, Any], device: torch.device) -> tuple[SpeedOptions, list[str]]:
+def _recorded_speed(run: RunRecord, device: torch.device) -> tuple[SpeedOptions, list[str]]:
     """The speed options the trial ran with, less what this device cannot repeat, with why."""
-    stored = run.get("speed") or {}
-    bf16, compile_ = bool(stored.get("bf16")), bool(stored.get("compile"))
+    bf16, compile_ = bool(run.speed.get("bf16")), bool(run.speed.get("compile"))
     notes = []
     if bf16 and not torch.amp.is_autocast_available(device.type):
         bf16 = False
@@ -161,9 +160,8 @@ def _recorded_speed(run: dict[str, Any], device: torch.device) -> tuple[SpeedOpt
         notes.append(f"the trial ran with --compile; rerun trains eagerly on {device} (compiling "
                      "off CUDA needs a C++ toolchain and tens of seconds); a compiled step matches "
                      "the eager one up to floating-point reordering")
-    population = int(run.get("population") or 1)
-    if population > 1:
-        notes.append(f"the trial trained in a stack of {population} trials; rerun trains it alone "
+    if run.population > 1:
+        notes.append(f"the trial trained in a stack of {run.population} trials; rerun trains it alone "
                      "(same seed, data order and dropout masks; the stack's batched matrix "
                      "products can round differently)")
     return SpeedOptions(compile=compile_, bf16=bf16), notes

@@ -18,7 +18,7 @@ from hpsearch.search.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.search.record import ATTR_DATA, ATTR_RUN
+from hpsearch.search.record import ATTR_DATA, RunRecord, study_metric
 
 RECENT_SECONDS = 600.0  # a worker counts as seen recently if it started or ended a trial this lately
 MAX_REASON_TRIALS = 5  # trial numbers listed after each reason
@@ -59,7 +59,7 @@ def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -
         states=outcome_counts(trials),
         reasons=reasons,
         best=best,
-        metric=study.user_attrs.get("metric", "value"),
+        metric=study_metric(study).name,
         workers=_workers(trials, now),
         running=[t for t in trials if t.state == TrialState.RUNNING],
         data=study.user_attrs.get(ATTR_DATA),
@@ -72,7 +72,7 @@ def _on_other_data(study: optuna.Study, trials: list[FrozenTrial]) -> int:
     if study_data is None:
         return 0
     # A queued retry carries a copy of its original's run record; count the original only.
-    used = (DataSource.from_dict(t.user_attrs.get(ATTR_RUN, {}).get(ATTR_DATA)) for t in trials
+    used = (DataSource.from_dict(RunRecord.from_trial(t).data) for t in trials
             if t.state != TrialState.WAITING)
     return sum(1 for source in used if source is not None and source.sha256 != study_data.sha256)
 
@@ -82,9 +82,9 @@ def _workers(trials: list[FrozenTrial], now: datetime.datetime) -> list[WorkerSe
     for t in trials:
         if t.state == TrialState.WAITING:
             continue  # a queued retry is nobody's yet (Optuna's heartbeat retry copies the worker)
-        worker = t.user_attrs.get(ATTR_RUN, {}).get("worker")
-        if isinstance(worker, dict) and "host" in worker:
-            seen.setdefault(f"{worker['host']}:{worker.get('pid')}", []).append(t)
+        worker = RunRecord.from_trial(t).worker
+        if worker.host is not None:
+            seen.setdefault(worker.label, []).append(t)
     recent = []
     for name, own in seen.items():
         last = max((t.datetime_complete or t.datetime_start or datetime.datetime.min) for t in own)

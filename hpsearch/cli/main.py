@@ -52,7 +52,13 @@ from hpsearch.data import describe_data
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
 from hpsearch.search.outcomes import FAILED, describe_counts, interrupt_on_signals, interrupt_reason
-from hpsearch.search.record import ATTR_CONFIG, ATTR_RESULT, load_existing_study
+from hpsearch.search.record import (
+    ResultSummary,
+    RunRecord,
+    TrialRecord,
+    load_existing_study,
+    study_metric,
+)
 from hpsearch.search.registry import load_study, study_names
 from hpsearch.search.reports import Progress, TrialOutcome
 from hpsearch.search.storage import open_storage
@@ -195,11 +201,11 @@ def best_command(study_name: str, storage: str) -> None:
 
 
 def _print_best(study: optuna.Study, *, brief: bool) -> None:
-    metric = study.user_attrs.get("metric", "value")
+    metric = study_metric(study).name
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not completed:
         failed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL]
-        reasons = {str(t.user_attrs.get(ATTR_RESULT, {}).get("reason")) for t in failed}
+        reasons = {str(ResultSummary.from_trial(t).reason) for t in failed}
         raise HPSearchError(
             f"study {study.study_name!r} has no completed trial yet"
             + (f"; failures: {'; '.join(sorted(reasons))}" if failed else "")
@@ -208,11 +214,12 @@ def _print_best(study: optuna.Study, *, brief: bool) -> None:
     click.echo(f"best trial of {study.study_name}: #{best.number}, {metric} = {best.value:.6g}")
     click.echo(f"  parameters: {best.params}")
     if not brief:
+        record = TrialRecord.from_trial(best)
         click.echo("config:")
-        click.echo(yaml.safe_dump(best.user_attrs.get(ATTR_CONFIG, {}), sort_keys=False).rstrip())
-        result = best.user_attrs.get(ATTR_RESULT, {})
-        click.echo(f"trained {result.get('epochs_run')} epochs (best epoch {result.get('best_epoch')}) "
-                   f"in {result.get('seconds')} s, {result.get('n_params')} parameters")
+        click.echo(yaml.safe_dump(record.stored_config or {}, sort_keys=False).rstrip())
+        result = record.result
+        click.echo(f"trained {result.epochs_run} epochs (best epoch {result.best_epoch}) "
+                   f"in {result.seconds} s, {result.n_params} parameters")
 
 @main.command("dashboard")
 @storage_option
@@ -336,8 +343,7 @@ def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
                   data_dir: Path | None, allow_other_data: bool) -> None:
     """Train trial TRIAL of STUDY_NAME again from its stored config and compare the metric."""
     study = load_existing_study(open_existing_storage(storage), study_name)
-    stored_device = next((t.user_attrs.get("run", {}).get("device")
-                          for t in study.get_trials(deepcopy=False)
+    stored_device = next((RunRecord.from_trial(t).device for t in study.get_trials(deepcopy=False)
                           if t.number == trial), None)
     if device is None:
         try:
@@ -349,13 +355,12 @@ def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
         torch_device = resolve_device(device)
     rerun = rerun_trial(study, trial, device=torch_device, data_dir=data_dir,
                         allow_other_data=allow_other_data)
-    stored = rerun.stored_run
-    stored_precision = "bf16" if (stored.get("speed") or {}).get("bf16") else "float32"
-    click.echo(f"trial {trial} of {study_name} ({rerun.stored_result.get('outcome', '?')}), seed "
+    stored = rerun.stored.run
+    click.echo(f"trial {trial} of {study_name} ({rerun.stored.result.outcome or '?'}), seed "
                f"{rerun.config.seed}, {rerun.config.dataset}; stored on "
-               f"{stored.get('device_name', '?')} in {stored_precision}, rerun on "
+               f"{stored.device_name or '?'} in {stored.precision}, rerun on "
                f"{device_name(torch_device)} in {rerun.speed.precision}")
-    click.echo(f"  data stored: {describe_data(stored.get('data'))}")
+    click.echo(f"  data stored: {describe_data(stored.data)}")
     click.echo(f"  data now:    {describe_data(rerun.data)}")
     if rerun.data_note:
         click.echo(f"  note: {rerun.data_note}")
@@ -365,7 +370,7 @@ def rerun_command(study_name: str, trial: int, storage: str, device: str | None,
         click.echo(f"  note: {note}")
     if isinstance(rerun.result, CrossValResult):
         # One row per fold: its value at the epoch it kept; the epochs are compared below.
-        stored_values = (rerun.stored_cv or {}).get("values", [])
+        stored_values = rerun.stored.cv.values if rerun.stored.cv is not None else []
         click.echo(f"{'fold':>5}  {'stored ' + rerun.metric:>18}  {'rerun ' + rerun.metric:>18}")
         for fold, new in enumerate(rerun.result.values, start=1):
             old = stored_values[fold - 1] if fold <= len(stored_values) else None

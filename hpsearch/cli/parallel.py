@@ -29,7 +29,7 @@ from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
 from hpsearch.search.launch import launch, parse_gpus, plan_workers
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
-from hpsearch.search.record import ATTR_RUN, load_existing_study
+from hpsearch.search.record import RunRecord, load_existing_study
 from hpsearch.search.reports import TrialOutcome
 from hpsearch.search.settings import data_record
 from hpsearch.search.storage import open_storage
@@ -211,14 +211,13 @@ def _print_status(status: StudyStatus) -> None:
                    f"{status.best.params}")
     now = datetime.datetime.now()
     for t in status.running:
-        run = t.user_attrs.get(ATTR_RUN, {})
-        worker = run.get("worker", {})
+        run = RunRecord.from_trial(t)
         age = (now - t.datetime_start).total_seconds() if t.datetime_start else 0.0
         # A cross-validated trial reports once per fold (its running mean), not per epoch.
-        folds = run.get("split", {}).get("cv_folds", 0)
+        folds = run.cv_folds
         steps = f"{len(t.intermediate_values)} of {folds} folds" if folds > 1 else (
             f"{len(t.intermediate_values)} epoch(s)")
-        click.echo(f"  running: trial #{t.number} on {worker.get('host')}:{worker.get('pid')}, "
+        click.echo(f"  running: trial #{t.number} on {run.worker.label}, "
                    f"{age:.0f} s, {steps} reported")
     if status.workers:
         click.echo(f"workers seen in the last {RECENT_SECONDS / 60:.0f} min:")

@@ -121,7 +121,7 @@ class RunRecord:
         config: TrainConfig,
         *,
         device: torch.device,
-        study_module: str,
+        study_module: str | None,
         source_hash: str | None,
         cv_folds: int = 0,
         speed: Mapping[str, bool] | None = None,
@@ -129,14 +129,20 @@ class RunRecord:
         data: Mapping[str, Any] | None = None,
     ) -> RunRecord:
         """The record of `config` about to train here, now (this process, these versions)."""
-        return cls(
+        return dataclasses.replace(
+            cls.here(device),
             seed=config.seed, dataset=config.dataset, val_fraction=config.val_fraction,
-            split_seed=config.split_seed, cv_folds=cv_folds, device=str(device),
-            device_name=device_name(device), worker=WorkerIdentity.current(),
-            versions=package_versions(), study_module=study_module, source_hash=source_hash,
-            speed=dict(speed or {"compile": False, "bf16": False}), population=population,
-            data=data,
+            split_seed=config.split_seed, cv_folds=cv_folds, study_module=study_module,
+            source_hash=source_hash, speed=dict(speed or {"compile": False, "bf16": False}),
+            population=population, data=data,
         )
+
+    @classmethod
+    def here(cls, device: torch.device) -> RunRecord:
+        """Where a run happens now: `device` (and its name), this worker, these versions; the
+        rest is the run's own (`of`)."""
+        return cls(device=str(device), device_name=device_name(device),
+                   worker=WorkerIdentity.current(), versions=package_versions())
 
     def to_dict(self) -> dict[str, Any]:
         return {

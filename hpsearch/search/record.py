@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = [  # the run record's names are provenance's, read here with the rest
     "ATTR_CONFIG", "ATTR_CV", "ATTR_DATA", "ATTR_HISTORY", "ATTR_INIT_STATS", "ATTR_METRIC",
-    "ATTR_OUTCOME", "ATTR_REASON", "ATTR_RESULT", "ATTR_RUN", "CrossValRecord", "History",
+    "ATTR_OUTCOME", "ATTR_REASON", "ATTR_RESULT", "ATTR_RUN", "DEFAULT_METRIC", "CrossValRecord",
+    "History",
     "InitStats", "Outcome", "ResultSummary", "RunRecord", "StudyMetric", "TrialRecord",
     "config_attrs", "finished_attrs", "finite_json", "load_existing_study", "set_attr",
     "set_attrs", "study_metric",
@@ -46,6 +47,7 @@ ATTR_CV = "cv"  # cross-validated trials: k, each fold's value, best epoch and m
 ATTR_OUTCOME = "outcome"
 ATTR_REASON = "outcome_reason"
 ATTR_METRIC = "metric"  # on the study: the TrainResult metric its trials' values are
+DEFAULT_METRIC = "val_error"  # a study module's METRIC when it declares none
 
 
 def finite_json(value: Any) -> Any:
