@@ -12,12 +12,12 @@ import pytest
 import scipy.stats
 import yaml
 
-from hpsearch.cli import main
-from hpsearch.errors import ConfigError, HPSearchError, StudyError
 from hpsearch.analysis.export import export_document, load_exported
 from hpsearch.analysis.final import compare_configs, markdown
-from hpsearch.search.registry import load_study
 from hpsearch.analysis.stats import wilson_interval
+from hpsearch.cli import main
+from hpsearch.errors import ConfigError, HPSearchError, StudyError
+from hpsearch.search.registry import load_study
 from hpsearch.search.storage import open_storage
 
 # Early stopping with patience 1, so the export has a stopping rule to convert.

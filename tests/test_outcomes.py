@@ -20,12 +20,12 @@ import pytest
 from click.testing import CliRunner
 from optuna.trial import TrialState
 
-from hpsearch.cli import main
 from hpsearch.analysis.dashboard import make_dashboard_server
-from hpsearch.search.outcomes import describe_counts, outcome_counts
 from hpsearch.analysis.report import build_report, parameter_table
-from hpsearch.search.storage import open_storage
+from hpsearch.cli import main
+from hpsearch.search.outcomes import describe_counts, outcome_counts
 from hpsearch.search.reports import TrialOutcome
+from hpsearch.search.storage import open_storage
 from hpsearch.search.worker import WorkerReport
 
 # Trial 0 diverges (lr 1e6 with SGD): its val_loss reaches NaN before the training loss does.

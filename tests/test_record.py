@@ -25,6 +25,7 @@ from hpsearch.search.record import (
     Outcome,
     ResultSummary,
     RunRecord,
+    StudyRecord,
     TrialRecord,
     config_attrs,
     finished_attrs,
@@ -172,3 +173,19 @@ def test_one_rule_for_the_study_metric(sqlite_url: str) -> None:
 
     foreign = _study(sqlite_url, study_name="foreign")
     assert study_metric(foreign).name == "value"
+
+
+def test_study_settings_read_back_and_an_older_study_lacks_some(sqlite_url: str) -> None:
+    settings = StudyRecord(cv=0, study_module="quickstart", dataset="digits", metric="val_error",
+                           epochs=3, seed=0, sampler="tpe", pruner="median", source_hash="f00d",
+                           data=DATA)
+    study = _study(sqlite_url, study_name="settings")
+    for key, value in settings.to_attrs().items():
+        study.set_user_attr(key, value)
+    reread = optuna.load_study(study_name="settings", storage=study._storage)
+    assert StudyRecord.from_study(reread) == settings
+    assert next(iter(settings.to_attrs())) == "cv" and "precision" not in settings.to_attrs()
+
+    older = _study(sqlite_url, study_name="older")
+    older.set_user_attr("study_module", "quickstart")  # before cv, data and precision existed
+    assert StudyRecord.from_study(older) == StudyRecord(study_module="quickstart")

@@ -16,8 +16,8 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState, create_trial
 
 from hpsearch.analysis import figures as figures_module
-from hpsearch.cli import main
 from hpsearch.analysis.report import build_report, write_report
+from hpsearch.cli import main
 from hpsearch.search.storage import open_storage
 
 FIGURES = ("Optimization history", "Parameter importances", "Parallel coordinates", "Slice plots",

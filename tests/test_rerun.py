@@ -9,9 +9,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from hpsearch.analysis.rerun import rerun_trial
 from hpsearch.cli import main
 from hpsearch.errors import StudyError
-from hpsearch.analysis.rerun import rerun_trial
 from hpsearch.search.storage import open_storage
 
 # Dropout and early stopping draw on the random streams and keep a best epoch: the hard case.

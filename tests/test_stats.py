@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from hpsearch.errors import HPSearchError
 from hpsearch.analysis.stats import (
     holm,
     mcnemar_exact,
@@ -16,6 +15,7 @@ from hpsearch.analysis.stats import (
     t_interval,
     wilson_interval,
 )
+from hpsearch.errors import HPSearchError
 
 Z = 1.959963984540054  # the 97.5% normal quantile
 

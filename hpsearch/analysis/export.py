@@ -26,7 +26,7 @@ import hpsearch
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataSource, check_same_data
 from hpsearch.errors import ConfigError, HPSearchError, StudyError
-from hpsearch.search.record import ATTR_DATA, RunRecord, TrialRecord, study_metric
+from hpsearch.search.record import RunRecord, StudyRecord, TrialRecord, study_metric
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,15 @@ def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[
             )
         best_epoch = search_config.epochs
     config = final_config(search_config, best_epoch)
+    settings = StudyRecord.from_study(study)
     return {
         "rank": rank,
         "study": study.study_name,
         "trial": trial.number,
         "metric": study_metric(study).name,
         "value": trial.value,
-        "study_module": run.study_module or study.user_attrs.get("study_module"),
-        "source_hash": run.source_hash or study.user_attrs.get("source_hash"),
+        "study_module": run.study_module or settings.study_module,
+        "source_hash": run.source_hash or settings.source_hash,
         "dataset": config.dataset,
         "data": run.data,  # source, content hash and sizes; `final` checks the hash
         "split": {"val_fraction": config.val_fraction, "split_seed": config.split_seed},
@@ -142,7 +143,7 @@ def _check_trials_data(
 ) -> None:
     """Refuse to export a trial that ran on other data than the study recorded (allowed by
     `--allow-other-data` on resume), since the file would put it beside the others."""
-    recorded = study.user_attrs.get(ATTR_DATA)
+    recorded = StudyRecord.from_study(study).data
     if DataSource.from_dict(recorded) is None:
         return
     for t in trials:

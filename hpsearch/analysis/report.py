@@ -38,7 +38,7 @@ from hpsearch.search.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.search.record import ATTR_DATA, ResultSummary, study_metric
+from hpsearch.search.record import ResultSummary, StudyRecord, study_metric
 
 logger = logging.getLogger(__name__)
 
@@ -114,17 +114,17 @@ def _summary_section(
     study: optuna.Study, trials: Sequence[FrozenTrial], complete: list[FrozenTrial], *,
     metric: str, storage_url: str,
 ) -> str:
-    attrs = study.user_attrs
+    settings = StudyRecord.from_study(study)
     rows: list[tuple[str, Any]] = [
         ("study", study.study_name),
         ("storage", storage_url or "-"),
-        ("study module", attrs.get("study_module", "-")),
-        ("data set", attrs.get("dataset", "-")),
-        ("data", describe_data(attrs.get(ATTR_DATA))),
-        ("metric", f"{metric} ({study.direction.name.lower()})"),
-        ("sampler / pruner", f"{attrs.get('sampler', '-')} / {attrs.get('pruner', '-')}"),
-        ("max epochs per trial", attrs.get("epochs", "-")),
-        ("precision", attrs.get("precision", "-")),
+        ("study module", _or_dash(settings.study_module)),
+        ("data set", _or_dash(settings.dataset)),
+        ("data", describe_data(settings.data)),
+        ("metric", f"{metric} ({study_metric(study).direction})"),
+        ("sampler / pruner", f"{_or_dash(settings.sampler)} / {_or_dash(settings.pruner)}"),
+        ("max epochs per trial", _or_dash(settings.epochs)),
+        ("precision", _or_dash(settings.precision)),
         ("trials", len(trials)),
     ]
     if complete:

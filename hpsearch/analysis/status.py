@@ -18,7 +18,7 @@ from hpsearch.search.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.search.record import ATTR_DATA, RunRecord, study_metric
+from hpsearch.search.record import RunRecord, StudyRecord, study_metric
 
 RECENT_SECONDS = 600.0  # a worker counts as seen recently if it started or ended a trial this lately
 MAX_REASON_TRIALS = 5  # trial numbers listed after each reason
@@ -62,13 +62,13 @@ def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -
         metric=study_metric(study).name,
         workers=_workers(trials, now),
         running=[t for t in trials if t.state == TrialState.RUNNING],
-        data=study.user_attrs.get(ATTR_DATA),
+        data=StudyRecord.from_study(study).data,
         on_other_data=_on_other_data(study, trials),
     )
 
 
 def _on_other_data(study: optuna.Study, trials: list[FrozenTrial]) -> int:
-    study_data = DataSource.from_dict(study.user_attrs.get(ATTR_DATA))
+    study_data = DataSource.from_dict(StudyRecord.from_study(study).data)
     if study_data is None:
         return 0
     # A queued retry carries a copy of its original's run record; count the original only.

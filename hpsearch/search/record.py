@@ -32,7 +32,8 @@ __all__ = [  # the run record's names are provenance's, read here with the rest
     "ATTR_CONFIG", "ATTR_CV", "ATTR_DATA", "ATTR_HISTORY", "ATTR_INIT_STATS", "ATTR_METRIC",
     "ATTR_OUTCOME", "ATTR_REASON", "ATTR_RESULT", "ATTR_RUN", "DEFAULT_METRIC", "CrossValRecord",
     "History",
-    "InitStats", "Outcome", "ResultSummary", "RunRecord", "StudyMetric", "TrialRecord",
+    "InitStats", "Outcome", "ResultSummary", "RunRecord", "StudyMetric", "StudyRecord",
+    "TrialRecord",
     "config_attrs", "finished_attrs", "finite_json", "load_existing_study", "set_attr",
     "set_attrs", "study_metric",
 ]
@@ -100,6 +101,33 @@ def study_metric(study: optuna.Study) -> StudyMetric:
     names = study.metric_names
     name = stored if isinstance(stored, str) else (names[0] if names else "value")
     return StudyMetric(name=name, direction=study.direction.name.lower())
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyRecord:
+    """A study's settings as hpsearch stored them (one study user attribute each); None for one
+    the study lacks (stored by an older hpsearch, or a study hpsearch did not create)."""
+
+    cv: int | None = None  # written first: a study with settings but no "cv" predates it
+    study_module: str | None = None
+    dataset: str | None = None
+    metric: str | None = None
+    epochs: int | None = None
+    seed: int | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    source_hash: str | None = None
+    precision: str | None = None  # "bf16" or "float32", set by the study's first worker
+    data: Mapping[str, Any] | None = None  # `Splits.provenance()` of the study's data
+
+    def to_attrs(self) -> dict[str, Any]:
+        """The settings it holds, in the order written."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> StudyRecord:
+        attrs = study.user_attrs
+        return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
 
 
 def load_existing_study(handle: StorageHandle, study_name: str) -> optuna.Study:
