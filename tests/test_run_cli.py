@@ -112,9 +112,9 @@ def test_run_started_in_the_background_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 def test_the_running_trial_reports_its_epochs_and_folds(sqlite_url: str, tmp_path: Path) -> None:
     from hpsearch.search.registry import load_study
+    from hpsearch.search.reports import Progress
     from hpsearch.search.settings import resolve_settings
     from hpsearch.search.storage import open_storage
-    from hpsearch.search.reports import Progress
     from hpsearch.search.worker import WorkerOptions, run_worker
 
     seen: list[Progress] = []

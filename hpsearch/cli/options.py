@@ -16,9 +16,9 @@ from hpsearch.data import DataCache
 from hpsearch.devices import DEVICE_HELP, resolve_device
 from hpsearch.errors import StorageError
 from hpsearch.search.registry import PRUNERS, SAMPLERS, load_study
+from hpsearch.search.reports import Progress, TrialOutcome
 from hpsearch.search.settings import RunSettings, resolve_settings
 from hpsearch.search.storage import DEFAULT_STORAGE, StorageHandle, open_storage, storage_file
-from hpsearch.search.reports import Progress, TrialOutcome
 from hpsearch.training import SpeedOptions
 
 storage_option = click.option(
