@@ -12,7 +12,7 @@ import optuna
 
 from hpsearch.data import DataSource, check_same_data
 from hpsearch.errors import StudyError
-from hpsearch.search.record import ATTR_DATA
+from hpsearch.search.record import ATTR_DATA, StudyRecord
 from hpsearch.search.settings import RunSettings, make_pruner, make_sampler, resume_seed
 from hpsearch.search.storage import StorageHandle
 
@@ -79,7 +79,7 @@ def _settle_study_data(
     source = DataSource.from_dict(data)
     if source is None:
         return
-    recorded = study.user_attrs.get(ATTR_DATA)
+    recorded = StudyRecord.from_study(study).data
     if recorded is None and not n_existing:
         study.set_user_attr(ATTR_DATA, dict(data or {}))
         return
@@ -151,14 +151,9 @@ def check_resume(attrs: dict[str, Any], settings: RunSettings, *, where: str) ->
 
 
 def study_attrs(settings: RunSettings) -> dict[str, Any]:
-    return {
-        "cv": settings.cv,  # first: a study holding settings but no "cv" predates it
-        "study_module": settings.spec.name,
-        "dataset": settings.dataset,
-        "metric": settings.spec.metric,
-        "epochs": settings.epochs,
-        "seed": settings.seed,
-        "sampler": settings.sampler,
-        "pruner": settings.pruner,
-        "source_hash": settings.spec.source_hash,
-    }
+    """The settings a study of `settings` stores, in the order written (cv first)."""
+    return StudyRecord(
+        cv=settings.cv, study_module=settings.spec.name, dataset=settings.dataset,
+        metric=settings.spec.metric, epochs=settings.epochs, seed=settings.seed,
+        sampler=settings.sampler, pruner=settings.pruner, source_hash=settings.spec.source_hash,
+    ).to_attrs()

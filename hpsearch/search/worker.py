@@ -24,7 +24,7 @@ from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
 from hpsearch.search.liveness import recover_lost_trials
 from hpsearch.search.outcomes import COUNTED, ORDER, TAKEN_OVER, trial_outcome
-from hpsearch.search.record import ATTR_RUN, RunRecord
+from hpsearch.search.record import ATTR_RUN, RunRecord, StudyRecord
 from hpsearch.search.reports import OnProgress, TrialOutcome
 from hpsearch.search.settings import RunSettings, data_record, grid_size
 from hpsearch.search.storage import StorageHandle
@@ -212,7 +212,7 @@ def check_precision(study: optuna.Study, speed: SpeedOptions, *, allow_mixed: bo
     worker; a study from before that attribute is read from its trials' run records.
     """
     wanted = speed.precision
-    stored = study.user_attrs.get(ATTR_PRECISION)
+    stored = StudyRecord.from_study(study).precision
     if stored is None:
         used = {RunRecord.from_trial(t).precision for t in study.get_trials(deepcopy=False)
                 if isinstance(t.user_attrs.get(ATTR_RUN), dict)}
