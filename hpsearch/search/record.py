@@ -82,28 +82,6 @@ def set_attrs(trial: optuna.Trial, attrs: Mapping[str, Any]) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyMetric:
-    """What a study's trial values are, and which way is better."""
-
-    name: str
-    direction: str  # "minimize" or "maximize"
-
-    @property
-    def maximize(self) -> bool:
-        return self.direction == "maximize"
-
-
-def study_metric(study: optuna.Study) -> StudyMetric:
-    """The one rule for a study's metric: the metric hpsearch stored on it, else the metric name
-    Optuna keeps (written first, so a study whose creator stopped midway has it), else "value"
-    (a study hpsearch did not create)."""
-    stored = study.user_attrs.get(ATTR_METRIC)
-    names = study.metric_names
-    name = stored if isinstance(stored, str) else (names[0] if names else "value")
-    return StudyMetric(name=name, direction=study.direction.name.lower())
-
-
-@dataclasses.dataclass(frozen=True)
 class StudyRecord:
     """A study's settings as hpsearch stored them (one study user attribute each); None for one
     the study lacks (stored by an older hpsearch, or a study hpsearch did not create)."""
@@ -128,6 +106,28 @@ class StudyRecord:
     def from_study(cls, study: optuna.Study) -> StudyRecord:
         attrs = study.user_attrs
         return cls(**{f.name: attrs.get(f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyMetric:
+    """What a study's trial values are, and which way is better."""
+
+    name: str
+    direction: str  # "minimize" or "maximize"
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
+
+
+def study_metric(study: optuna.Study) -> StudyMetric:
+    """The one rule for a study's metric: the metric hpsearch stored on it, else the metric name
+    Optuna keeps (written first, so a study whose creator stopped midway has it), else "value"
+    (a study hpsearch did not create)."""
+    stored = StudyRecord.from_study(study).metric
+    names = study.metric_names
+    name = stored if isinstance(stored, str) else (names[0] if names else "value")
+    return StudyMetric(name=name, direction=study.direction.name.lower())
 
 
 def load_existing_study(handle: StorageHandle, study_name: str) -> optuna.Study:
