@@ -9,14 +9,17 @@ from torch import nn
 from hpsearch.config import INITS, TrainConfig
 from hpsearch.errors import ConfigError
 from hpsearch.training import ACTIVATION_LAYERS, build_model, count_parameters
+from hpsearch.training.models import Dropout
 
 
 def test_mlp_has_the_layers_the_config_asks_for() -> None:
     config = TrainConfig(hidden=(500, 300), activation="tanh", dropout=0.2, batch_norm=True)
     model = build_model(config, (1, 28, 28), 10)
     kinds = [type(m) for m in model.net]
-    assert kinds == [nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.Tanh, nn.Dropout,
-                     nn.Linear, nn.BatchNorm1d, nn.Tanh, nn.Dropout, nn.Linear]
+    # hpsearch's Dropout is nn.Dropout drawing from the run's generator.
+    assert kinds == [nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.Tanh, Dropout,
+                     nn.Linear, nn.BatchNorm1d, nn.Tanh, Dropout, nn.Linear]
+    assert issubclass(Dropout, nn.Dropout)
     plain = build_model(TrainConfig(hidden=(500, 300)), (1, 28, 28), 10)
     assert count_parameters(plain) == 784 * 500 + 500 + 500 * 300 + 300 + 300 * 10 + 10
 

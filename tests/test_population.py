@@ -154,8 +154,13 @@ def test_pruning_one_member_stops_only_it(digits: Splits) -> None:
 def test_stackable_key_groups_same_shapes_only() -> None:
     assert stackable_key(BASE.replace(lr=0.1, dropout=0.2, seed=4)) == stackable_key(BASE)
     assert stackable_key(BASE.replace(hidden=(32, 32))) != stackable_key(BASE)
-    for unstackable in (BASE.replace(model="lenet5"), BASE.replace(batch_norm=True),
-                        BASE.replace(optimizer="rmsprop"), BASE.replace(batch_mode="sample")):
+    # The CNNs stack too (they have no batch norm); an MLP's widths do not shape them.
+    lenet, alexnet = BASE.replace(model="lenet5"), BASE.replace(model="alexnet_cifar")
+    assert None not in {stackable_key(lenet), stackable_key(alexnet)}
+    assert len({stackable_key(lenet), stackable_key(alexnet), stackable_key(BASE)}) == 3
+    assert stackable_key(lenet.replace(hidden=(8,), dropout=0.5)) == stackable_key(lenet)
+    for unstackable in (BASE.replace(batch_norm=True), BASE.replace(optimizer="rmsprop"),
+                        BASE.replace(batch_mode="sample")):
         assert stackable_key(unstackable) is None
     with pytest.raises(ConfigError, match="cannot train as one stack"):
         train_population([BASE, BASE.replace(hidden=(8,))], make_splits(

@@ -7,22 +7,21 @@ import from this package only, never from its modules, so the modules can change
 from __future__ import annotations
 
 from hpsearch.training.crossval import CrossValResult, train_folds
+from hpsearch.training.eager import evaluate, train
 from hpsearch.training.many import RunInfo, train_many
 from hpsearch.training.metrics import accuracy, confusion_matrix, macro_f1
 from hpsearch.training.models import ACTIVATION_LAYERS, build_model, count_parameters
-from hpsearch.training.optim import build_optimizer
-from hpsearch.training.population import stackable_key, train_population
-from hpsearch.training.stacked_optim import StackedOptimizer
-from hpsearch.training.trainer import (
+from hpsearch.training.optim import build_optimizer, learning_rate
+from hpsearch.training.results import (
     METRICS,
     STOP_REASONS,
     EpochRecord,
     Evaluation,
-    SpeedOptions,
     TrainResult,
-    evaluate,
-    train,
 )
+from hpsearch.training.speed import SpeedOptions
+from hpsearch.training.stacked import stackable_key, train_population
+from hpsearch.training.stacked_optim import StackedOptimizer
 
 __all__ = [
     "ACTIVATION_LAYERS",
@@ -41,6 +40,7 @@ __all__ = [
     "confusion_matrix",
     "count_parameters",
     "evaluate",
+    "learning_rate",
     "macro_f1",
     "stackable_key",
     "train",

@@ -21,7 +21,9 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits
-from hpsearch.training.trainer import EpochRecord, SpeedOptions, TrainResult, train
+from hpsearch.training.eager import train
+from hpsearch.training.results import EpochRecord, TrainResult
+from hpsearch.training.speed import SpeedOptions
 
 OnFold = Callable[[int, float], bool | None]
 

@@ -15,8 +15,10 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits
-from hpsearch.training.population import stackable_key, train_population
-from hpsearch.training.trainer import EpochRecord, SpeedOptions, TrainResult, train
+from hpsearch.training.eager import train
+from hpsearch.training.results import EpochRecord, TrainResult
+from hpsearch.training.speed import SpeedOptions
+from hpsearch.training.stacked import stackable_key, train_population
 
 logger = logging.getLogger(__name__)
 

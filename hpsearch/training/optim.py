@@ -1,7 +1,8 @@
-"""Optimizers and learning-rate schedules by name, each with its own real parameters."""
+"""Optimizers by name, each with its own real parameters, and the learning-rate schedules."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -60,15 +61,22 @@ def build_optimizer(params: Params, config: TrainConfig) -> torch.optim.Optimize
     return OPTIMIZER_BUILDERS[config.optimizer](params, config)
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """A per-epoch schedule, or None for a constant learning rate."""
+def learning_rate(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of 1-based `epoch`: what StepLR or CosineAnnealingLR (T_max = epochs)
+    would have set after `epoch - 1` steps.
+
+    A pure function of the config, so every member of a stack has its schedule without a
+    scheduler object. It follows the schedulers' own recursive updates, not their closed forms,
+    so the floats are the schedulers' to the last bit (a test compares them).
+    """
     assert config.schedule in SCHEDULES
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=config.step_size, gamma=config.gamma
-        )
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    return None
+    lr = config.lr
+    for done in range(1, epoch):  # the scheduler's last_epoch after each step
+        if config.schedule == "step" and done % config.step_size == 0:
+            lr = lr * config.gamma
+        elif config.schedule == "cosine":
+            # eta_min is 0, so the scheduler's `* (lr - eta_min) + eta_min` is `* lr` exactly.
+            t_max = config.epochs
+            lr = (1 + math.cos(math.pi * done / t_max)) / (
+                1 + math.cos(math.pi * (done - 1) / t_max)) * lr
+    return lr
