@@ -2,9 +2,11 @@
 
 (a) the course notebooks' loop: torchvision FashionMNIST + ToTensor + DataLoader(batch 100,
     shuffle), `.to(device)` per batch;
-(b) hpsearch's single-trial path (`trainer.train`: data resident on the device), optionally
-    with --compile;
-(c) the population path (`population.train_population`) at several population sizes;
+(b) hpsearch's single-trial path (`train`, the eager engine: data resident on the device),
+    optionally with --compile;
+(c) the stacked engine (`train_population`) at several population sizes, with each forward
+    side by side: `vmap` (the model's own nn.Module through torch.func) and `baddbmm` (the
+    hand-fused MLP path);
 (d) whole studies through hpsearch with SQLite storage: `hinton_mlp` (fixed shape) one trial
     at a time and with --population, and `mnist_mlp` (shapes vary) likewise, with the time
     spent in Optuna calls (ask, suggest, set_user_attr, report, should_prune, tell) per trial.
@@ -84,7 +86,9 @@ def main() -> None:
 
         warm = config.replace(epochs=1)
         train(warm, _subset(splits, 500), device=device)  # imports and allocator warm-up
-        train_population([warm, warm.replace(seed=1)], _subset(splits, 500), device=device)
+        for forward in ("vmap", "baddbmm"):
+            train_population([warm, warm.replace(seed=1)], _subset(splits, 500), device=device,
+                             forward=forward)
         timed("(a) notebook: DataLoader + ToTensor, .to(device) per batch",
               lambda: _notebook(raw_root, config, device, args.train_subset))
         timed("(b) hpsearch single trial (data resident)",
@@ -93,8 +97,9 @@ def main() -> None:
             timed("(b) hpsearch single trial, --compile",
                   lambda: _single(config, splits, device, SpeedOptions(compile=True)))
         for k in sizes:
-            timed(f"(c) population of {k} (stacked)", lambda k=k: _population(config, splits, device, k),
-                  per=k)
+            for forward in ("vmap", "baddbmm"):
+                timed(f"(c) population of {k} (stacked), {forward} forward",
+                      lambda k=k, f=forward: _population(config, splits, device, k, f), per=k)
         if not args.skip_studies:
             _studies(args, raw_root, device, rows)
 
@@ -103,6 +108,17 @@ def main() -> None:
     for label, seconds, acc in rows:
         shown = f"{acc:.4f}" if acc is not None else "-"
         print(f"{label:<64} {seconds:>9.3f} {shown:>8} {base / seconds:>7.1f}x")
+    _forwards_side_by_side(rows, sizes)
+
+
+def _forwards_side_by_side(rows: list[tuple[str, float, float | None]], sizes: list[int]) -> None:
+    """The stacked engine's two forwards per population size; vmap/baddbmm > 1.1 keeps baddbmm."""
+    seconds = {label: s for label, s, _ in rows}
+    print(f"\n{'stacked engine, s/trial':<28} {'vmap':>9} {'baddbmm':>9} {'vmap/baddbmm':>13}")
+    for k in sizes:
+        vmap, fused = (seconds[f"(c) population of {k} (stacked), {f} forward"]
+                       for f in ("vmap", "baddbmm"))
+        print(f"{f'population of {k}':<28} {vmap:>9.3f} {fused:>9.3f} {vmap / fused:>13.2f}")
 
 
 # --- (a) the notebook loop -----------------------------------------------------------------
@@ -176,11 +192,12 @@ def _single(config: TrainConfig, splits: Splits, device: torch.device,
     return time.perf_counter() - started, result.final.val_accuracy or 0.0
 
 
-def _population(config: TrainConfig, splits: Splits, device: torch.device, k: int) -> tuple[float, float]:
+def _population(config: TrainConfig, splits: Splits, device: torch.device, k: int,
+                forward: str) -> tuple[float, float]:
     data = splits.to(device)
     configs = [config.replace(seed=s) for s in range(k)]  # lr 1e-3 each, own init and data order
     started = time.perf_counter()
-    results = train_population(configs, data, device=device)
+    results = train_population(configs, data, device=device, forward=forward)
     _sync(device)
     return time.perf_counter() - started, statistics.mean(r.final.val_accuracy or 0.0 for r in results)
 

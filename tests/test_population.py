@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from hpsearch.cli import main
 from hpsearch.config import TrainConfig
-from hpsearch.data import Splits, load_raw, make_splits
+from hpsearch.data import Split, Splits, load_raw, make_splits
 from hpsearch.errors import ConfigError
 from hpsearch.search.registry import load_study
 from hpsearch.search.settings import resolve_settings
@@ -96,10 +96,11 @@ def test_stacked_optimizer_refuses_mixed_kinds() -> None:
         StackedOptimizer(torch.zeros(2, 3), [TrainConfig(), TrainConfig(optimizer="sgd")])
 
 
+@pytest.mark.parametrize("forward", ["baddbmm", "vmap"])
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
-def test_population_matches_single_trials(optimizer: str, digits: Splits) -> None:
+def test_population_matches_single_trials(optimizer: str, forward: str, digits: Splits) -> None:
     configs = _members(optimizer)
-    stacked = train_population(configs, digits, device=CPU)
+    stacked = train_population(configs, digits, device=CPU, forward=forward)
     for config, result in zip(configs, stacked):
         alone = train(config, digits, device=CPU)
         assert result.config == config and result.stop_reason == alone.stop_reason == "epochs"
@@ -111,6 +112,48 @@ def test_population_matches_single_trials(optimizer: str, digits: Splits) -> Non
         for p, q in zip(result.model.parameters(), alone.model.parameters()):
             torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert max(r.final.val_accuracy for r in stacked) > 0.5  # ten classes: chance is 0.1
+
+
+@pytest.fixture(scope="module")
+def tiny_mnist(mnist_dir: Path) -> Splits:
+    splits = make_splits(load_raw("mnist", mnist_dir), name="mnist", val_fraction=0.1, split_seed=0)
+    return Splits(splits.name, Split(splits.train.x[:128], splits.train.y[:128]), splits.val,
+                  None, splits.classes)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_lenet5_stack_matches_single_trials(optimizer: str, tiny_mnist: Splits) -> None:
+    sgd = optimizer == "sgd"
+    base = TrainConfig(dataset="mnist", model="lenet5", optimizer=optimizer, batch_size=64,
+                       epochs=2, lr=0.05 if sgd else 1e-3)
+    configs = [base, base.replace(seed=1, lr=0.1 if sgd else 3e-3, weight_decay=1e-3,
+                                  momentum=0.9 if sgd else 0.0, l1=1e-4, init="xavier_uniform")]
+    assert stackable_key(configs[0]) == stackable_key(configs[1]) is not None
+    stacked = train_population(configs, tiny_mnist, device=CPU)
+    for config, result in zip(configs, stacked):
+        alone = train(config, tiny_mnist, device=CPU)
+        ours, theirs = result.history_dict(), alone.history_dict()
+        for name in ("train_loss", "val_loss", "val_accuracy", "lr"):
+            assert ours[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-6), name
+        for p, q in zip(result.model.parameters(), alone.model.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert stacked[0].history[-1].train_loss != stacked[1].history[-1].train_loss
+
+
+def test_alexnet_members_with_dropout_match_their_single_runs() -> None:
+    cifar = make_splits(load_raw("tiny-cifar"), name="tiny-cifar", val_fraction=0.1, split_seed=0)
+    small = Splits(cifar.name, Split(cifar.train.x[:48], cifar.train.y[:48]),
+                   Split(cifar.val.x[:16], cifar.val.y[:16]), None, cifar.classes)
+    # SGD: Adam's step normalises each gradient, so over 5.8M weights it turns rounding-level
+    # differences of the batched convolutions into whole steps; SGD keeps them at rounding.
+    base = TrainConfig(dataset="tiny-cifar", model="alexnet_cifar", optimizer="sgd", lr=0.01,
+                       batch_size=16, epochs=1)
+    configs = [base.replace(dropout=0.5), base.replace(seed=1, dropout=0.0, momentum=0.9)]
+    for config, result in zip(configs, train_population(configs, small, device=CPU)):
+        alone = train(config, small, device=CPU)
+        assert result.history_dict()["train_loss"] == pytest.approx(
+            alone.history_dict()["train_loss"], rel=1e-5)
+        assert result.final.val_loss == pytest.approx(alone.final.val_loss, rel=1e-5)
 
 
 def test_early_stopping_member_keeps_its_best_epoch(digits: Splits) -> None:

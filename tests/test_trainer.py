@@ -7,7 +7,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from hpsearch.config import BATCH_MODES, INITS, LOSSES, OPTIMIZERS, TrainConfig
 from hpsearch.data import Splits, load_raw, make_splits
 from hpsearch.errors import ConfigError
-from hpsearch.training import EpochRecord, train
+from hpsearch.training import EpochRecord, learning_rate, train
 
 CPU = torch.device("cpu")
 IRIS = TrainConfig(dataset="iris", hidden=(32, 16), batch_size=16, lr=1e-2, epochs=40)
@@ -87,6 +87,39 @@ def test_step_schedule_changes_the_learning_rate(iris_splits: Splits) -> None:
     assert lrs == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3])
     cosine = [r.lr for r in train(config.replace(schedule="cosine"), iris_splits, device=CPU).history]
     assert cosine[0] == pytest.approx(1e-2) and cosine[-1] < cosine[1] < cosine[0]
+
+
+@pytest.mark.parametrize("schedule, changes", [("none", {}), ("step", {"step_size": 3, "gamma": 0.1}),
+                                               ("step", {"step_size": 1, "gamma": 0.7}),
+                                               ("cosine", {})])
+def test_learning_rate_is_what_the_torch_scheduler_sets(schedule: str, changes: dict) -> None:
+    config = TrainConfig(lr=0.0123, schedule=schedule, epochs=17, **changes)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=config.lr)
+    scheduler = {
+        "none": lambda: None,
+        "step": lambda: torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma),
+        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, config.epochs),
+    }[schedule]()
+    expected = []
+    for _ in range(config.epochs):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    # Exactly, not approximately: a stored trial's lr history must rerun to the last bit.
+    assert [learning_rate(config, epoch) for epoch in range(1, 18)] == expected
+    assert (len(set(expected)) > 1) == (schedule != "none")  # the schedule did change it
+
+
+def test_training_leaves_the_global_random_state_alone(iris_splits: Splits) -> None:
+    before = torch.get_rng_state()
+    train(IRIS.replace(epochs=2, dropout=0.3), iris_splits, device=CPU)
+    assert torch.equal(torch.get_rng_state(), before)
+    torch.manual_seed(123)  # and the global state does not reach a run
+    a = train(IRIS.replace(epochs=2, dropout=0.3), iris_splits, device=CPU)
+    torch.manual_seed(456)
+    b = train(IRIS.replace(epochs=2, dropout=0.3), iris_splits, device=CPU)
+    assert a.history_dict()["train_loss"] == b.history_dict()["train_loss"]
 
 
 def test_early_stopping_keeps_the_best_epoch(iris_splits: Splits) -> None:

@@ -1,6 +1,6 @@
 """Cross-validated training: one config trained on each of k folds and scored by their mean.
 
-Like the trainer, this knows nothing of Optuna. It calls `trainer.train` once per fold, in fold
+Like the trainer, this knows nothing of Optuna. It calls `train` once per fold, in fold
 order, and after each finished fold passes `on_fold` the number of folds done and the running
 mean of their values; `on_fold` returns True to stop (the trial path reports that mean as the
 intermediate value at step = folds done and asks its pruner). `rerun` calls it without one.
