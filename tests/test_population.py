@@ -135,8 +135,12 @@ def test_lenet5_stack_matches_single_trials(optimizer: str, tiny_mnist: Splits) 
         ours, theirs = result.history_dict(), alone.history_dict()
         for name in ("train_loss", "val_loss", "val_accuracy", "lr"):
             assert ours[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-6), name
+        # Adam's step is lr * sign-like for a weight whose gradient is near zero, so a
+        # rounding-level difference in the batched convolutions can move one such weight by a
+        # fraction of lr (seen: 1.6e-5 on 1 of 10,080, with one CPU thread); the histories
+        # above stay within 1e-5.
         for p, q in zip(result.model.parameters(), alone.model.parameters()):
-            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-4)
     assert stacked[0].history[-1].train_loss != stacked[1].history[-1].train_loss
 
 
