@@ -2,6 +2,15 @@
 
 Nothing here imports Optuna; reporting and pruning reach the loop as callbacks. Other layers
 import from this package only, never from its modules, so the modules can change freely.
+
+    many.train_many            groups configs by stacked.stackable_key, trains group by group
+      control.run              the one per-member loop: lr, divergence, records, stopping, result
+        eager.EagerEngine      one nn.Module and torch.optim (train() is the single case)
+        stacked.StackedEngine  K members in one [K, P] buffer, StackedOptimizer, and
+                               stacked_forward (torch.func vmap, or baddbmm for plain MLPs)
+
+models (architectures, seeded init, Dropout), optim (optimizers, the pure learning_rate),
+losses, results (EpochRecord, Evaluation, TrainResult), speed (SpeedOptions), crossval.
 """
 
 from __future__ import annotations
