@@ -3,7 +3,10 @@
 `VmapForward` runs the unchanged `nn.Module` of the config through `torch.func.functional_call`
 under `torch.vmap`, so any model without batch norm stacks (MLP, LeNet-5, AlexNet-CIFAR).
 `MlpForward` is the hand-fused fast path for plain MLPs: one `torch.baddbmm` per layer over
-`[K, B, features]`; `benchmarks/bench_trainer.py` times the two side by side.
+`[K, B, features]`. `auto` keeps it for MLPs because `vmap` was up to 13% slower for small
+stacks (`benchmarks/bench_trainer.py`, Hinton MLP on a 2-core CPU, two runs: vmap/baddbmm
+1.06 and 1.13 at K=2, 1.10 and 1.03 at K=4, 0.95 and 0.99 at K=8); the control loop is the
+same either way.
 
 Both take the dropout masks as inputs, one `[K, B, *features]` tensor per dropout layer in
 forward order (None in evaluation or when no member drops out): random ops under `vmap` cannot
