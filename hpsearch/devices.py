@@ -17,12 +17,21 @@ def _mps_available() -> bool:
     return bool(backend is not None and backend.is_available())
 
 
+def parse_device(spec: str) -> str:
+    """`spec` as `auto|cpu|cuda|cuda:N|mps` (lower case), whatever this machine has; the CLI's
+    `--device` type, so a misspelt device is a usage error before anything is resolved."""
+    spec = spec.strip().lower()
+    if spec not in ("auto", "cpu", "mps") and re.fullmatch(r"cuda(?::\d+)?", spec) is None:
+        raise DeviceError(f"unknown device {spec!r}; use {DEVICE_HELP}")
+    return spec
+
+
 def resolve_device(spec: str) -> torch.device:
     """Turn `auto|cpu|cuda|cuda:N|mps` into a device that exists here, or say why not.
 
     `auto` prefers CUDA, then Apple MPS, then the CPU.
     """
-    spec = spec.strip().lower()
+    spec = parse_device(spec)
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -40,8 +49,7 @@ def resolve_device(spec: str) -> torch.device:
             )
         return torch.device("mps")
     match = re.fullmatch(r"cuda(?::(\d+))?", spec)
-    if match is None:
-        raise DeviceError(f"unknown device {spec!r}; use {DEVICE_HELP}")
+    assert match is not None  # parse_device let only cuda and cuda:N through
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "CPU-only build"
         raise DeviceError(

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hpsearch.cli import main
 from hpsearch.analysis.dashboard import _ThreadedServer, is_loopback, make_dashboard_server
+from hpsearch.cli import main
 from hpsearch.search.storage import open_storage
 
 REPO = Path(__file__).resolve().parents[1]

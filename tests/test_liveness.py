@@ -113,8 +113,7 @@ def test_a_pid_counts_only_in_the_same_host_boot_and_pid_namespace(
 def test_a_journal_trial_of_a_dead_worker_on_another_host_is_recovered_by_its_heartbeat(
     journal_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HPSEARCH_HEARTBEAT_SECONDS", "1")
-    handle = open_storage(journal_url)
+    handle = open_storage(journal_url, heartbeat=1)
     settings = _quickstart()
     study = open_study(handle, settings)
     elsewhere = {"host": "container2", "pid": 1, "id": "x", "boot_id": "y", "pid_ns": 1}
@@ -141,8 +140,7 @@ def test_a_journal_trial_that_never_beat_is_recovered_once_its_start_is_older_th
     journal_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A worker killed between `ask` and its first beat, or a journal from before beats existed.
-    monkeypatch.setenv("HPSEARCH_HEARTBEAT_SECONDS", "1")
-    handle = open_storage(journal_url)
+    handle = open_storage(journal_url, heartbeat=1)
     study = open_study(handle, _quickstart())
     elsewhere = {"host": "container2", "pid": 1, "id": "x", "boot_id": "y", "pid_ns": 1}
     orphan = _running_trial(study, elsewhere)

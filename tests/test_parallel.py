@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import optuna
@@ -19,6 +20,8 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
+from hpsearch.cli.options import StudyOptions
+from hpsearch.cli.parallel import worker_command
 from hpsearch.errors import HPSearchError, StorageError
 from hpsearch.search.launch import parse_gpus, plan_workers, worker_env
 from hpsearch.search.optuna_private import trial_id
@@ -140,8 +143,7 @@ def test_a_worker_killed_mid_trial_leaves_no_running_trial_and_the_budget_is_met
 def test_the_heartbeat_fails_a_silent_trial_of_another_host_and_queues_it_again(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("HPSEARCH_HEARTBEAT_SECONDS", "1")
-    handle = open_storage(postgres_url)
+    handle = open_storage(postgres_url, heartbeat=1)
     settings = resolve_settings(load_study("quickstart"), epochs=1, pruner="none")
     from hpsearch.search.study import open_study
 
@@ -298,9 +300,8 @@ def test_only_lost_connections_are_retried() -> None:
 
 
 def test_an_unreachable_postgresql_fails_fast_at_open_with_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HPSEARCH_DB_RETRY_SECONDS", "1")
     with pytest.raises(StorageError, match="check that the server is running"):
-        open_storage("postgresql+psycopg://postgres@127.0.0.1:1/none")
+        open_storage("postgresql+psycopg://postgres@127.0.0.1:1/none", db_retry_seconds=1)
 
 
 def test_worker_trains_populations_within_the_shared_budget(cli: CliRunner, journal_url: str) -> None:
@@ -319,3 +320,53 @@ def test_launch_on_gpus_without_cuda_fails_once_with_the_reason(cli: CliRunner, 
     result = cli.invoke(main, ["launch", "quickstart", "--gpus", "0,1", "--storage", journal_url])
     assert result.exit_code == 2 and "no CUDA GPU" in result.output and "--gpus" in result.output
     assert "launching" not in result.output  # no worker was started
+
+
+# One value per StudyOptions field, none of them its default.
+NOT_DEFAULT = {
+    "trials": 7, "timeout": 12.5, "study_name": "other-name", "dataset": "iris",
+    "data_dir": Path("/data/here"), "epochs": 3, "device": "cuda:1", "seed": 4,
+    "sampler": "random", "pruner": "none", "cv": 3, "allow_other_data": True, "population": 2,
+    "compile": True, "bf16": True, "allow_mixed_precision": True,
+}
+
+
+def _parsed_by_worker(argv: list[str]) -> StudyOptions:
+    ctx = worker_command.make_context("worker", argv)
+    return StudyOptions.from_params(dict(ctx.params))
+
+
+def test_every_study_option_reaches_launchs_workers() -> None:
+    """`launch` gives its workers `worker_argv()`: each option, set alone and all together,
+    parses back in `hpsearch worker` into the very options the launcher had."""
+    assert set(NOT_DEFAULT) == {f.name for f in fields(StudyOptions)} - {"study"}
+    default = StudyOptions(study="quickstart")
+    assert _parsed_by_worker(default.worker_argv()) == default
+    for name, value in NOT_DEFAULT.items():
+        options = StudyOptions(study="quickstart", **{name: value})
+        assert getattr(options, name) != getattr(default, name), name
+        assert _parsed_by_worker(options.worker_argv()) == options, name
+    everything = StudyOptions(study="quickstart", **NOT_DEFAULT)  # type: ignore[arg-type]
+    assert _parsed_by_worker(everything.worker_argv()) == everything
+
+
+def test_launch_passes_its_storage_and_heartbeat_to_the_workers_environment(
+    cli: CliRunner, journal_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[list[str], dict[str, str]]] = []
+
+    def fake_launch(plans: object, argv: list[str]) -> object:
+        seen.append((argv, dict(os.environ)))
+        raise SystemExit(0)
+
+    monkeypatch.setattr("hpsearch.cli.parallel.launch", fake_launch)
+    for variable in ("HPSEARCH_STORAGE", "HPSEARCH_HEARTBEAT_SECONDS", "HPSEARCH_DB_RETRY_SECONDS"):
+        monkeypatch.setenv(variable, "unset")  # monkeypatch restores what launch writes
+        monkeypatch.delenv(variable)
+    result = cli.invoke(main, ["--heartbeat-seconds", "3", "launch", "quickstart", "--epochs", "1",
+                               "--storage", journal_url])
+    assert result.exit_code == 0, result.output
+    (argv, env), = seen
+    assert env["HPSEARCH_STORAGE"] == journal_url and journal_url not in argv
+    assert env["HPSEARCH_HEARTBEAT_SECONDS"] == "3"
+    assert argv[:3] == ["quickstart", "--trials", "20"] and argv[argv.index("--epochs") + 1] == "1"

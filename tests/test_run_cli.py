@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
-from hpsearch.cli.options import invoked_as
+from hpsearch.cli.state import invoked_as
 
 
 def test_run_never_prints_the_database_password(cli: CliRunner, postgres_url: str) -> None:
@@ -132,7 +132,7 @@ def test_the_running_trial_reports_its_epochs_and_folds(sqlite_url: str, tmp_pat
 
 
 def test_run_shows_the_running_trial_and_logs_each_finished_one(cli: CliRunner, sqlite_url: str) -> None:
-    from hpsearch.cli.options import describe
+    from hpsearch.cli.state import describe
     from hpsearch.search.reports import Progress
 
     assert describe(Progress(trial=3, step=4, of=20, unit="epoch")) == "trial 3: epoch 4/20"
@@ -143,3 +143,49 @@ def test_run_shows_the_running_trial_and_logs_each_finished_one(cli: CliRunner, 
     assert len(lines) == 2  # output is not a terminal here, so one line per finished trial
     assert lines[0].startswith("trial 0 complete ") and lines[0].endswith("study: 1/2 finished")
     assert lines[1].startswith("trial 1 complete ") and lines[1].endswith("study: 2/2 finished")
+
+
+# --- bad values on the command line: click's usage error (exit 2), naming the option ----------
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "quickstart"], ["worker", "quickstart"], ["launch", "quickstart"],
+    ["final", "{export}"], ["rerun", "quickstart", "0"],
+])
+def test_a_misspelt_device_is_a_usage_error_for_every_command_that_takes_one(
+    command: list[str], cli: CliRunner, tmp_path: Path
+) -> None:
+    export = tmp_path / "best.yaml"
+    export.write_text("configs: []\n")
+    args = [a.replace("{export}", str(export)) for a in command]
+    result = cli.invoke(main, [*args, "--device", "tpu", "--storage", f"sqlite:///{tmp_path / 'x.db'}"]
+                        if command[0] != "final" else [*args, "--device", "tpu"])
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--device': unknown device 'tpu'; use auto, cpu" in result.output
+    assert not (tmp_path / "x.db").exists()  # refused before anything was opened
+
+
+@pytest.mark.parametrize(("gpus", "message"), [
+    ("0,0", "'0,0': give distinct GPU indices separated by commas, like 0,1"),
+    ("cuda:1", "'cuda:1': give distinct GPU indices"),
+    ("", "'': give distinct GPU indices"),
+])
+def test_a_malformed_gpu_list_is_a_usage_error(gpus: str, message: str, cli: CliRunner, tmp_path: Path) -> None:
+    result = cli.invoke(main, ["launch", "quickstart", "--gpus", gpus,
+                               "--storage", f"journal:{tmp_path / 'x.log'}"])
+    assert result.exit_code == 2, result.output
+    assert f"Invalid value for '--gpus': {message}" in result.output
+    assert not (tmp_path / "x.log").exists()
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("HPSEARCH_HEARTBEAT_SECONDS", "0"), ("HPSEARCH_HEARTBEAT_SECONDS", "ten"),
+    ("HPSEARCH_DB_RETRY_SECONDS", "soon"),
+])
+def test_a_bad_value_in_the_environment_is_a_usage_error_naming_its_variable(
+    variable: str, value: str, cli: CliRunner, sqlite_url: str
+) -> None:
+    result = cli.invoke(main, ["run", "quickstart", "--storage", sqlite_url], env={variable: value})
+    assert result.exit_code == 2, result.output
+    option = "--heartbeat-seconds" if "HEARTBEAT" in variable else "--db-retry-seconds"
+    assert f"Invalid value for '{option}'" in result.output and variable in result.output

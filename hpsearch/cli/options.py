@@ -1,33 +1,71 @@
-"""Options and small helpers shared by the study-running commands (`run`, `worker`, `launch`)."""
+"""The options of the study-running commands (`run`, `worker`, `launch`), gathered once by click
+into one frozen `StudyOptions` and passed down; `launch` turns it back into a worker's argv."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import shlex
-import shutil
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 import torch
 
-from hpsearch.data import DataCache
-from hpsearch.devices import DEVICE_HELP, resolve_device
-from hpsearch.errors import StorageError
+from hpsearch.devices import DEVICE_HELP, parse_device
+from hpsearch.errors import HPSearchError
+from hpsearch.search.launch import parse_gpus
 from hpsearch.search.registry import PRUNERS, SAMPLERS, load_study
-from hpsearch.search.reports import Progress, TrialOutcome
 from hpsearch.search.settings import RunSettings, resolve_settings
-from hpsearch.search.storage import DEFAULT_STORAGE, StorageHandle, open_storage, storage_file
 from hpsearch.training import SpeedOptions
 
-storage_option = click.option(
-    "--storage",
-    envvar="HPSEARCH_STORAGE",
-    default=DEFAULT_STORAGE,
-    show_default=True,
-    help="sqlite:///FILE.db, journal:FILE.log or postgresql://USER@HOST/DB (env HPSEARCH_STORAGE).",
-)
+
+class DeviceType(click.ParamType):
+    """`auto|cpu|cuda|cuda:N|mps`, spelled right; whether this machine has it is decided when
+    the device is resolved (`resolve_device`), so `--device cuda` reads the same on any machine."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return parse_device(str(value))
+        except HPSearchError as e:
+            self.fail(str(e), param, ctx)
+
+
+class GpuList(click.ParamType):
+    """`0,1,3`: distinct indices of GPUs this process can see, as CUDA_VISIBLE_DEVICES values."""
+
+    name = "gpus"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, tuple):
+            return value
+        try:
+            chosen = parse_gpus(str(value))
+        except HPSearchError:
+            self.fail(f"{value!r}: give distinct GPU indices separated by commas, like 0,1",
+                      param, ctx)
+        if not torch.cuda.is_available():  # say it once here, not once per worker
+            self.fail(f"{value!r}: this machine has no CUDA GPU (torch {torch.__version__}); leave "
+                      "out --gpus to run CPU workers", param, ctx)
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+        if "CUDA_VISIBLE_DEVICES" not in os.environ:
+            return tuple(chosen)
+        # Indices count within what this process may see, as torch numbers them.
+        if any(int(g) >= len(visible) for g in chosen):
+            self.fail(f"{value!r}: CUDA_VISIBLE_DEVICES shows only {len(visible)} GPU(s)", param, ctx)
+        return tuple(visible[int(g)] for g in chosen)
+
+
+class EnvOption(click.Option):
+    """An option read from an environment variable too, whose errors name that variable: the
+    user may never have typed the option."""
+
+    def get_error_hint(self, ctx: click.Context | None) -> str:
+        return f"{super().get_error_hint(ctx)} (env {self.envvar})"
 
 
 class OutputFile(click.Path):
@@ -48,70 +86,115 @@ class OutputFile(click.Path):
         return path
 
 
-allow_other_data_option = click.option(
-    "--allow-other-data", is_flag=True,
-    help="Go on when the data's content hash differs from the one the study (or export file, or "
-         "trial) recorded; it is refused otherwise, since results on other data do not compare.",
-)
+ALLOW_OTHER_DATA_HELP = (
+    "Go on when the data's content hash differs from the one the study (or export file, or "
+    "trial) recorded; it is refused otherwise, since results on other data do not compare.")
+allow_other_data_option = click.option("--allow-other-data", is_flag=True, help=ALLOW_OTHER_DATA_HELP)
+DATA_DIR_HELP = "Folder holding data files (env HPSEARCH_DATA_DIR)."
 
 
-def study_options(func: Any) -> Any:
-    """Options shared by `run` and `worker`: which study, on what data, on which device."""
-    options = [
-        click.argument("study"),
-        click.option("--trials", type=click.IntRange(min=1), help="Finished trials the study should hold [module's default]."),
-        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after this many seconds."),
-        storage_option,
-        click.option("--study-name", help="Name in the storage [STUDY, or STUDY-DATASET off its default data set]."),
-        click.option("--dataset", help="Data set to run on [the module's default]."),
-        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help="Folder holding data files (env HPSEARCH_DATA_DIR)."),
-        click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per trial [module's default]."),
-        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and each trial (seed + trial number)."),
-        click.option("--sampler", type=click.Choice(SAMPLERS), help="[module's default, usually tpe]"),
-        click.option("--pruner", type=click.Choice(PRUNERS), help="[module's default]"),
-        click.option("--cv", type=click.IntRange(min=0),
-                     help="Score each trial by its mean validation value over K stratified folds "
-                          "(K trainings per trial; 0 or 1: one validation split) [module's CV, "
-                          "on data sets under 2,000 training examples]."),
-        allow_other_data_option,
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+@dataclasses.dataclass(frozen=True)
+class StudyOptions:
+    """What `run`, `worker` and `launch` were asked to do: which study, on what, and how."""
+
+    study: str
+    trials: int | None = None
+    timeout: float | None = None
+    study_name: str | None = None
+    dataset: str | None = None
+    data_dir: Path | None = None
+    epochs: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    sampler: str | None = None
+    pruner: str | None = None
+    cv: int | None = None
+    allow_other_data: bool = False
+    # How a worker trains, not what: these never change a trial's config or the search space.
+    population: int = 1
+    compile: bool = False
+    bf16: bool = False
+    allow_mixed_precision: bool = False
+
+    def settings(self) -> RunSettings:
+        """The study module named on the command line, resolved against these options."""
+        return resolve_settings(
+            load_study(self.study), study_name=self.study_name, dataset=self.dataset,
+            epochs=self.epochs, seed=self.seed, sampler=self.sampler, pruner=self.pruner,
+            data_dir=self.data_dir, cv=self.cv, allow_other_data=self.allow_other_data)
+
+    @property
+    def speed(self) -> SpeedOptions:
+        return SpeedOptions(compile=self.compile, bf16=self.bf16)
+
+    def worker_argv(self) -> list[str]:
+        """The `hpsearch worker` arguments that parse back into these very options."""
+        argv = [self.study]
+        for name, (flag, attrs) in _OPTIONS.items():
+            value = getattr(self, name)
+            if attrs.get("is_flag"):
+                argv += [flag] if value else []
+            elif value is not None:
+                argv += [flag, str(value)]
+        return argv
+
+    @staticmethod
+    def from_params(params: dict[str, Any]) -> StudyOptions:
+        """Take this object's fields out of a command's parsed `params` (the rest stay there)."""
+        names = [f.name for f in dataclasses.fields(StudyOptions)]
+        return StudyOptions(**{name: params.pop(name) for name in names})
 
 
-def settings_from(study: str, **options: Any) -> RunSettings:
-    """The study module named on the command line, resolved against `study_options`."""
-    return resolve_settings(load_study(study), **options)
+# Each field but `study`: its flag and click's attributes. `worker_argv` reads the same table,
+# so an option added here reaches `launch`'s workers without another line.
+def _opt(flag: str, **attrs: Any) -> tuple[str, dict[str, Any]]:
+    return flag, attrs
 
 
-def prepare_run(
-    study: str, *, storage: str, device: str, trials: int | None, **options: Any
-) -> tuple[RunSettings, torch.device, StorageHandle, int, DataCache]:
-    """What `run` and `worker` resolve before training: settings, device, storage, budget and
-    the loaded data. The data come first: a missing data set must not leave a new, empty
-    storage file behind."""
-    settings = settings_from(study, **options)
-    torch_device = resolve_device(device)
-    data = DataCache(settings.data_dir, torch_device)
-    base = settings.base_config(0)
-    data.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
-    return settings, torch_device, open_storage(storage), trials or settings.spec.trials, data
+_OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "trials": _opt("--trials", type=click.IntRange(min=1), help="Finished trials the study should hold [module's default]."),
+    "timeout": _opt("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after this many seconds."),
+    "study_name": _opt("--study-name", help="Name in the storage [STUDY, or STUDY-DATASET off its default data set]."),
+    "dataset": _opt("--dataset", help="Data set to run on [the module's default]."),
+    "data_dir": _opt("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=DATA_DIR_HELP),
+    "epochs": _opt("--epochs", type=click.IntRange(min=1), help="Maximum epochs per trial [module's default]."),
+    "device": _opt("--device", type=DeviceType(), default="auto", show_default=True, help=DEVICE_HELP),
+    "seed": _opt("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and each trial (seed + trial number)."),
+    "sampler": _opt("--sampler", type=click.Choice(SAMPLERS), help="[module's default, usually tpe]"),
+    "pruner": _opt("--pruner", type=click.Choice(PRUNERS), help="[module's default]"),
+    "cv": _opt("--cv", type=click.IntRange(min=0), help=(
+        "Score each trial by its mean validation value over K stratified folds (K trainings per "
+        "trial; 0 or 1: one validation split) [module's CV, on data sets under 2,000 training "
+        "examples].")),
+    "allow_other_data": _opt("--allow-other-data", is_flag=True, help=ALLOW_OTHER_DATA_HELP),
+    "population": _opt("--population", type=click.IntRange(min=1), default=1, show_default=True, help=(
+        "Ask for up to K trials at a time and train same-shape MLP trials together as one "
+        "stacked computation (1: one trial at a time).")),
+    "compile": _opt("--compile", is_flag=True, help=(
+        "torch.compile the training step (CUDA graphs on CUDA); pays off over many trials.")),
+    "bf16": _opt("--bf16", is_flag=True, help=(
+        "bfloat16 autocast for trials trained alone (results differ from float32, so not the "
+        "default).")),
+    "allow_mixed_precision": _opt("--allow-mixed-precision", is_flag=True, help=(
+        "Let bf16 and float32 trials share one study (refused otherwise: its comparisons assume "
+        "one precision).")),
+}
+assert list(_OPTIONS) == [f.name for f in dataclasses.fields(StudyOptions)][1:]
 
 
-def open_existing_storage(url: str) -> StorageHandle:
-    """The storage for a command that only reads (best, status, report, export, rerun):
-    a SQLite or journal file that does not exist is an error, not a new empty file."""
-    path = storage_file(url)
-    if path is not None and not path.exists():
-        raise StorageError(
-            f"storage {url!r}: {path} does not exist (nothing was created); give the file your "
-            "study was run into with --storage or HPSEARCH_STORAGE (paths are relative to the "
-            f"current folder, {Path.cwd()}), or create a study first with `hpsearch run STUDY "
-            f"--storage {url}`"
-        )
-    return open_storage(url, heartbeat=None, readonly=True)
+def study_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Declare STUDY and the `StudyOptions` options; the command gets them as one object, its
+    first argument, followed by its own options."""
+
+    @functools.wraps(func)
+    def gathered(**params: Any) -> Any:
+        options = StudyOptions.from_params(params)
+        return func(options, **params)
+
+    command: Callable[..., Any] = gathered
+    for name, (flag, attrs) in reversed(_OPTIONS.items()):
+        command = click.option(flag, name, **attrs)(command)
+    return click.argument("study")(command)
 
 
 # Measured on a 2-core VM at load 8.5, ms per training step with 1 and 2 torch threads: 3.1 and
@@ -133,51 +216,3 @@ def threads_option(func: Any = None, *, default: int | None = None) -> Any:
 def set_threads(threads: int | None) -> None:
     if threads:
         torch.set_num_threads(threads)
-
-
-def speed_options(func: Any) -> Any:
-    """How a worker trains, not what: these never change a trial's config or the search space."""
-    options = [
-        click.option("--population", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Ask for up to K trials at a time and train same-shape MLP trials "
-                          "together as one stacked computation (1: one trial at a time)."),
-        click.option("--compile", "compile_", is_flag=True,
-                     help="torch.compile the training step (CUDA graphs on CUDA); pays off over "
-                          "many trials."),
-        click.option("--bf16", is_flag=True,
-                     help="bfloat16 autocast for trials trained alone (results differ from "
-                          "float32, so not the default)."),
-        click.option("--allow-mixed-precision", is_flag=True,
-                     help="Let bf16 and float32 trials share one study (refused otherwise: its "
-                          "comparisons assume one precision)."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def speed_from(compile_: bool, bf16: bool) -> SpeedOptions | None:
-    return SpeedOptions(compile=compile_, bf16=bf16) if compile_ or bf16 else None
-
-
-def invoked_as() -> str:
-    """How to run hpsearch again the way this process was started, for printed `next:` lines:
-    plain `hpsearch` only when that name on PATH is this very installation (an activated venv);
-    otherwise the script's path as typed (`.venv/bin/hpsearch`) or `PYTHON -m hpsearch`."""
-    on_path = shutil.which("hpsearch")
-    # Compare folders without following links: a venv's python links to the system's.
-    if on_path and Path(on_path).absolute().parent == Path(sys.executable).absolute().parent:
-        return "hpsearch"
-    script = sys.argv[0]
-    if Path(script).name == "hpsearch":
-        return shlex.quote(script)
-    return f"{shlex.quote(sys.executable)} -m hpsearch"
-
-
-def describe(outcome: TrialOutcome | Progress | None) -> str:
-    if outcome is None:
-        return ""
-    if isinstance(outcome, Progress):  # the running trial
-        return f"trial {outcome.trial}: {outcome.unit} {outcome.step}/{outcome.of}"
-    value = f" {outcome.value:.4f}" if outcome.value is not None else ""
-    return f"trial {outcome.number} {outcome.outcome}{value}"

@@ -2,54 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import socket
 import sys
-from pathlib import Path
 
 import click
 import torch
 
 from hpsearch.analysis.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
-from hpsearch.cli.options import (
-    describe,
-    open_existing_storage,
-    prepare_run,
-    set_threads,
-    settings_from,
-    speed_from,
-    speed_options,
-    storage_option,
-    study_options,
-    threads_option,
-)
+from hpsearch.cli.options import GpuList, StudyOptions, set_threads, study_options, threads_option
+from hpsearch.cli.state import CliState, describe, prepare_run, run_study, storage_option
 from hpsearch.data import DataCache, describe_data
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
-from hpsearch.search.launch import launch, parse_gpus, plan_workers
+from hpsearch.search.launch import launch, plan_workers
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.search.record import RunRecord, load_existing_study
 from hpsearch.search.reports import TrialOutcome
-from hpsearch.search.settings import data_record
-from hpsearch.search.storage import open_storage
+from hpsearch.search.settings import RunSettings, data_record
+from hpsearch.search.storage import StorageHandle
 from hpsearch.search.study import open_study
-from hpsearch.search.worker import BudgetState, WorkerOptions, check_precision, run_worker
-from hpsearch.training import SpeedOptions
+from hpsearch.search.worker import BudgetState, check_precision
 
 
 @click.command("worker")
 @study_options
-@speed_options
+@storage_option
 @click.option("--worker-index", type=click.IntRange(min=0), envvar="HPSEARCH_WORKER_INDEX",
               help="This worker's number (env HPSEARCH_WORKER_INDEX); seeds its sampler apart "
                    "from the others' [a random sampler seed].")
 @threads_option
-def worker_command(study: str, trials: int | None, timeout: float | None, storage: str,
-                   study_name: str | None, dataset: str | None, data_dir: Path | None,
-                   epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, cv: int | None, allow_other_data: bool, population: int,
-                   compile_: bool, bf16: bool, allow_mixed_precision: bool, worker_index: int | None,
+def worker_command(state: CliState, options: StudyOptions, worker_index: int | None,
                    threads: int | None) -> None:
     """Join STUDY (creating it if needed) and run trials until it holds --trials finished ones.
 
@@ -61,26 +46,19 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
     # (naming the signal) and queued again, not left RUNNING.
     interrupt_on_signals()
     set_threads(threads)
-    settings, torch_device, handle, budget, data = prepare_run(
-        study, storage=storage, device=device, trials=trials, study_name=study_name,
-        dataset=dataset, epochs=epochs, seed=seed, sampler=sampler, pruner=pruner,
-        data_dir=data_dir, cv=cv, allow_other_data=allow_other_data)
+    run = prepare_run(state, options)
     name = f"w{worker_index}" if worker_index is not None else f"{socket.gethostname()}:{os.getpid()}"
     # Workers with one sampler seed would draw the same startup points; spread them by index.
-    sampler_seed = seed * 10_007 + worker_index if worker_index is not None else None
-    click.echo(f"[{name}] study {settings.study_name} on {torch_device}, storage {handle.url}, "
-               f"budget {budget} trials")
+    sampler_seed = options.seed * 10_007 + worker_index if worker_index is not None else None
+    click.echo(f"[{name}] study {run.settings.study_name} on {run.device}, storage "
+               f"{run.handle.url}, budget {run.budget} trials")
 
     def on_trial(outcome: TrialOutcome, state: BudgetState) -> None:
         click.echo(f"[{name}] {describe(outcome)} ({outcome.seconds:.1f} s); study: "
-                   f"{state.done}/{budget} finished, {state.running} running")
+                   f"{state.done}/{run.budget} finished, {state.running} running")
 
     try:
-        options = WorkerOptions(trials=budget, device=torch_device, timeout=timeout,
-                                sampler_seed=sampler_seed, population=population,
-                                speed=speed_from(compile_, bf16) or SpeedOptions(),
-                                allow_mixed_precision=allow_mixed_precision)
-        report = run_worker(handle, settings, options, on_trial=on_trial, data=data)
+        report = run_study(run, options, sampler_seed=sampler_seed, on_trial=on_trial)
     except KeyboardInterrupt as e:
         click.echo(f"[{name}] {interrupt_reason(e)}: its running trial is queued again", err=True)
         sys.exit(130)
@@ -92,108 +70,92 @@ def worker_command(study: str, trials: int | None, timeout: float | None, storag
 
 @click.command("launch")
 @study_options
-@speed_options
+@storage_option
 @click.option("--workers", type=click.IntRange(min=1),
               help="Worker processes [one per GPU slot, or 1 on a machine without GPUs].")
-@click.option("--gpus", help="GPU indices to use, like 0,1,2 [every visible GPU].")
+@click.option("--gpus", type=GpuList(), help="GPU indices to use, like 0,1,2 [every visible GPU].")
 @click.option("--per-gpu", type=click.IntRange(min=1), default=1, show_default=True,
               help="Workers sharing each GPU.")
-def launch_command(study: str, trials: int | None, timeout: float | None, storage: str,
-                   study_name: str | None, dataset: str | None, data_dir: Path | None,
-                   epochs: int | None, device: str, seed: int, sampler: str | None,
-                   pruner: str | None, cv: int | None, allow_other_data: bool, population: int,
-                   compile_: bool, bf16: bool, allow_mixed_precision: bool, workers: int | None,
-                   gpus: str | None, per_gpu: int) -> None:
+def launch_command(state: CliState, options: StudyOptions, workers: int | None,
+                   gpus: tuple[str, ...] | None, per_gpu: int) -> None:
     """Start local workers of STUDY, one per GPU (or CPU workers), and wait for them.
 
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
     """
     interrupt_on_signals()
-    settings = settings_from(study, study_name=study_name, dataset=dataset, epochs=epochs, seed=seed,
-                         sampler=sampler, pruner=pruner, data_dir=data_dir, cv=cv,
-                         allow_other_data=allow_other_data)
-    spec = settings.spec
-    gpu_list = _launch_gpus(gpus, device)
+    settings = options.settings()
+    gpu_list = _launch_gpus(gpus, options.device)
     plans = plan_workers(workers=workers, gpus=gpu_list, per_gpu=per_gpu,
                          cpu_count=len(os.sched_getaffinity(0)))
-    # Load the data once here: a missing data set is one error, and a download happens once;
-    # before the storage, so that error leaves no new storage file behind.
-    base = settings.base_config(0)
-    cache = DataCache(settings.data_dir, torch.device("cpu"))
-    cache.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
-    handle = open_storage(storage)
-    if handle.kind == "sqlite" and len(plans) > 1:
-        raise StorageError(
-            f"{len(plans)} workers cannot share the SQLite file {handle.url} (SQLite takes one "
-            f"writer; the rest would fail with 'database is locked'). {handle.parallel_hint()}"
-        )
-    # Create it once, not K times; each worker checks its own data against it again.
-    study_obj = open_study(handle, settings, sampler_seed=seed,
-                           data=data_record(settings, base, cache))
-    # Refuse a precision the study does not keep here, once, not in each worker.
-    check_precision(study_obj, speed_from(compile_, bf16) or SpeedOptions(),
-                    allow_mixed=allow_mixed_precision)
-    budget = trials or spec.trials
+    handle, study_name = _create_study(state, options, settings, workers=len(plans))
+    budget = options.trials or settings.spec.trials
     where = ", ".join(f"GPU {p.gpu}" if p.gpu is not None else f"CPU x{p.threads} threads"
                       for p in plans)
     click.echo(f"launching {len(plans)} worker(s) of {settings.study_name} ({where}), budget "
                f"{budget} trials, storage {handle.url}")
-    # The storage URL goes by environment, not argument, so a password stays out of `ps`.
-    os.environ["HPSEARCH_STORAGE"] = storage
-    args = [study, "--trials", str(budget), "--study-name", settings.study_name,
-            "--dataset", settings.dataset, "--epochs", str(settings.epochs), "--seed", str(seed),
-            "--sampler", settings.sampler, "--pruner", settings.pruner, "--cv", str(settings.cv),
-            # Workers without a GPU have CUDA hidden, so `auto` finds MPS or the CPU.
-            "--device", "cuda" if gpu_list else device]
-    args += ["--population", str(population)] + ["--compile"] * compile_ + ["--bf16"] * bf16
-    args += ["--allow-mixed-precision"] * allow_mixed_precision
-    if timeout:
-        args += ["--timeout", str(timeout)]
-    if data_dir:
-        args += ["--data-dir", str(data_dir)]
-    args += ["--allow-other-data"] * allow_other_data
-    result = launch(plans, args)
+    # Every worker gets what this launcher resolved, so they agree on the study, and the device
+    # `cuda` under its own CUDA_VISIBLE_DEVICES (CPU workers have CUDA hidden, so `auto` finds
+    # MPS or the CPU).
+    for_workers = dataclasses.replace(
+        options, trials=budget, study_name=settings.study_name, dataset=settings.dataset,
+        epochs=settings.epochs, sampler=settings.sampler, pruner=settings.pruner, cv=settings.cv,
+        device="cuda" if gpu_list else options.device)
+    os.environ.update(state.worker_env())
+    result = launch(plans, for_workers.worker_argv())
     click.echo(f"\nworkers exited with {result.exit_codes} after {result.seconds:.1f} s"
                + (" (interrupted)" if result.interrupted else ""))
-    _print_status(study_status(load_existing_study(handle, study_obj.study_name)))
+    _print_status(study_status(load_existing_study(handle, study_name)))
     if result.interrupted:
         sys.exit(130)
     if any(code != 0 for code in result.exit_codes):
         sys.exit(1)
 
 
-def _launch_gpus(gpus: str | None, device: str) -> list[str]:
+def _create_study(
+    state: CliState, options: StudyOptions, settings: RunSettings, *, workers: int
+) -> tuple[StorageHandle, str]:
+    """Open the storage and create the study once, not K times; each worker checks its own
+    data against it again. The data are loaded first, once: a missing data set is one error, a
+    download happens once, and that error leaves no new storage file behind."""
+    base = settings.base_config(0)
+    cache = DataCache(settings.data_dir, torch.device("cpu"))
+    cache.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
+    handle = state.open_storage()
+    if handle.kind == "sqlite" and workers > 1:
+        raise StorageError(
+            f"{workers} workers cannot share the SQLite file {handle.url} (SQLite takes one "
+            f"writer; the rest would fail with 'database is locked'). {handle.parallel_hint()}"
+        )
+    study = open_study(handle, settings, sampler_seed=options.seed,
+                       data=data_record(settings, base, cache))
+    # Refuse a precision the study does not keep here, once, not in each worker.
+    check_precision(study, options.speed,
+                    allow_mixed=options.allow_mixed_precision)
+    return handle, study.study_name
+
+
+def _launch_gpus(gpus: tuple[str, ...] | None, device: str) -> list[str]:
     """GPU indices for `launch`, as CUDA_VISIBLE_DEVICES values of the workers."""
-    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     if gpus is not None:
-        chosen = parse_gpus(gpus)
-        if not torch.cuda.is_available():  # say it once here, not once per worker
-            raise click.BadParameter(f"{gpus!r}: this machine has no CUDA GPU (torch "
-                                     f"{torch.__version__}); leave out --gpus to run CPU workers",
-                                     param_hint="--gpus")
-    elif device in ("auto", "cuda") and torch.cuda.is_available():
+        return list(gpus)
+    if device in ("auto", "cuda") and torch.cuda.is_available():
         chosen = [str(k) for k in range(torch.cuda.device_count())]
-    else:
-        if device.startswith("cuda"):
-            resolve_device(device)  # the clear error when there is no CUDA
-            raise click.BadParameter(f"{device!r}: with launch, pick GPUs with --gpus 0,1,...",
-                                     param_hint="--device")
-        return []
-    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
         # Indices count within what this process may see, as torch numbers them.
-        if any(int(g) >= len(visible) for g in chosen):
-            raise click.BadParameter(f"{gpus!r}: CUDA_VISIBLE_DEVICES shows only {len(visible)} GPU(s)",
-                                     param_hint="--gpus")
-        return [visible[int(g)] for g in chosen]
-    return chosen
+        return [visible[int(g)] for g in chosen] if "CUDA_VISIBLE_DEVICES" in os.environ else chosen
+    if device.startswith("cuda"):
+        resolve_device(device)  # the clear error when there is no CUDA
+        raise click.BadParameter(f"{device!r}: with launch, pick GPUs with --gpus 0,1,...",
+                                 param_hint="--device")
+    return []
 
 
 @click.command("status")
 @click.argument("study_name")
 @storage_option
-def status_command(study_name: str, storage: str) -> None:
+def status_command(state: CliState, study_name: str) -> None:
     """Trials of STUDY_NAME by state, the best so far, and the workers seen recently."""
-    study = load_existing_study(open_existing_storage(storage), study_name)
+    study = load_existing_study(state.open_existing_storage(), study_name)
     _print_status(study_status(study))
 
 

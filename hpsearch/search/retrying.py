@@ -7,7 +7,6 @@ server's state (libpq's ping), never on message text.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ from hpsearch.search.optuna_private import BaseHeartbeat, cached_storage
 logger = logging.getLogger(__name__)
 
 # How long a PostgreSQL worker keeps retrying while the server is unreachable (a restart, a
-# failover) before it gives up; env HPSEARCH_DB_RETRY_SECONDS.
+# failover) before it gives up; the CLI reads HPSEARCH_DB_RETRY_SECONDS.
 DEFAULT_DB_RETRY_SECONDS = 300.0
 
 T = TypeVar("T")
@@ -74,14 +73,6 @@ def server_went_away(error: BaseException) -> bool:
     return False
 
 
-def db_retry_seconds() -> float:
-    raw = os.environ.get("HPSEARCH_DB_RETRY_SECONDS", "")
-    try:
-        return float(raw) if raw else DEFAULT_DB_RETRY_SECONDS
-    except ValueError as e:
-        raise StorageError(f"HPSEARCH_DB_RETRY_SECONDS={raw!r} is not a number of seconds") from e
-
-
 class RetryingStorage(BaseStorage, BaseHeartbeat):
     """Optuna's PostgreSQL storage, retried while the server restarts or drops connections.
 
@@ -92,12 +83,15 @@ class RetryingStorage(BaseStorage, BaseHeartbeat):
     engine replaces pooled connections the restart killed.
     """
 
-    def __init__(self, inner: optuna.storages.RDBStorage, *, what: str) -> None:
+    def __init__(
+        self, inner: optuna.storages.RDBStorage, *, what: str,
+        retry_seconds: float = DEFAULT_DB_RETRY_SECONDS,
+    ) -> None:
         # Optuna's cache of finished trials sits inside the retrying layer.
         self._cached = cached_storage(inner)
         self.inner = inner
         self._what = what
-        self.retry_seconds = db_retry_seconds()
+        self.retry_seconds = retry_seconds
 
     def retrying(self, call: Callable[[], T], name: str) -> T:
         deadline = time.monotonic() + self.retry_seconds

@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-import os
 import re
 import warnings
 from collections.abc import Iterator
@@ -42,7 +41,8 @@ STORAGE_FORMS = (
     "sqlite:///PATH.db (one worker), journal:PATH.log (several workers on one machine), "
     "postgresql://USER@HOST:PORT/DB (several machines)"
 )
-DEFAULT_HEARTBEAT = 10  # seconds between heartbeats of a running trial (RDB storages)
+# Seconds between heartbeats of a running trial; the CLI reads HPSEARCH_HEARTBEAT_SECONDS.
+DEFAULT_HEARTBEAT = 10
 
 
 @dataclasses.dataclass
@@ -140,29 +140,20 @@ class StorageHandle:
                 yield
 
 
-def default_heartbeat() -> int:
-    """Seconds between heartbeats: DEFAULT_HEARTBEAT, or env HPSEARCH_HEARTBEAT_SECONDS."""
-    raw = os.environ.get("HPSEARCH_HEARTBEAT_SECONDS", "")
-    if not raw:
-        return DEFAULT_HEARTBEAT
-    if not raw.isdigit() or int(raw) < 1:
-        raise StorageError(f"HPSEARCH_HEARTBEAT_SECONDS={raw!r}: give a whole number of seconds >= 1")
-    return int(raw)
-
-
-
 def open_storage(
-    url: str | None, *, heartbeat: int | None | str = "default", readonly: bool = False
+    url: str | None, *, heartbeat: int | None = DEFAULT_HEARTBEAT, readonly: bool = False,
+    db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS,
 ) -> StorageHandle:
     """Open (creating tables or files as needed) the storage behind `url`.
 
-    `heartbeat` (seconds) turns on Optuna's heartbeat for RDB storages, so a trial whose worker
-    died is failed after 3 missed beats and its parameters queued again. `readonly` opens a
-    journal file without creating or locking anything, so it reads from read-only media.
+    `heartbeat` (seconds, None for none) turns on Optuna's heartbeat for RDB storages, so a trial
+    whose worker died is failed after 3 missed beats and its parameters queued again (hpsearch
+    beats on the journal itself). `readonly` opens a journal file without creating or locking
+    anything, so it reads from read-only media. A PostgreSQL storage retries its calls for
+    `db_retry_seconds` while the server is unreachable.
     """
-    if heartbeat == "default":
-        heartbeat = default_heartbeat()
-    assert heartbeat is None or isinstance(heartbeat, int)
+    if heartbeat is not None and heartbeat < 1:
+        raise StorageError(f"heartbeat {heartbeat!r}: give a whole number of seconds >= 1")
     url = (url or DEFAULT_STORAGE).strip()
     if url.startswith("journal:"):
         handle = _open_journal(url, readonly=readonly)
@@ -186,7 +177,8 @@ def open_storage(
         translate_sqlite_errors(storage.engine, shown)
         return StorageHandle(url=shown, kind="sqlite", storage=storage, path=path)
     # (mypy cannot see the methods that the loop below RetryingStorage fills in.)
-    retrying = RetryingStorage(storage, what=shown)  # type: ignore[abstract]
+    retrying = RetryingStorage(storage, what=shown,  # type: ignore[abstract]
+                               retry_seconds=db_retry_seconds)
     return StorageHandle(url=shown, kind="postgresql", storage=retrying)
 
 

@@ -1,0 +1,137 @@
+"""`hpsearch dashboard`, `report`, `export` and `final`: what a study found, read and shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from hpsearch.analysis.dashboard import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    EXPOSED_WARNING,
+    dashboard_url,
+    is_loopback,
+    make_dashboard_server,
+)
+from hpsearch.analysis.export import export_document, load_exported, write_document
+from hpsearch.analysis.final import markdown, run_final
+from hpsearch.analysis.report import write_report
+from hpsearch.cli.options import DATA_DIR_HELP, DeviceType, OutputFile, allow_other_data_option
+from hpsearch.cli.state import CliState, storage_option
+from hpsearch.data import describe_data
+from hpsearch.devices import DEVICE_HELP, resolve_device
+from hpsearch.search.record import load_existing_study
+
+
+@click.command("dashboard")
+@storage_option
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to bind; anything but loopback exposes a dashboard without login.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
+              help="Port to listen on (0: any free port).")
+def dashboard_command(state: CliState, host: str, port: int) -> None:
+    """Serve optuna-dashboard over the storage (Ctrl-C to stop)."""
+    handle = state.open_storage(heartbeat=False)  # may watch a storage before its first run
+    server = make_dashboard_server(handle, host=host, port=port)
+    url = dashboard_url(server, host)
+    if not is_loopback(host):
+        click.secho("WARNING: " + EXPOSED_WARNING.format(url=url, port=server.server_address[1]),
+                    fg="red", bold=True, err=True)
+    click.echo(f"optuna-dashboard for {handle.url} at {url} (Ctrl-C to stop)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("dashboard stopped")
+    finally:
+        server.server_close()
+
+
+@click.command("report")
+@click.argument("study_name")
+@storage_option
+@click.option("-o", "--output", type=OutputFile(),
+               default=Path("report.html"), show_default=True, help="HTML file to write.")
+def report_command(state: CliState, study_name: str, output: Path) -> None:
+    """Write one self-contained HTML page of figures and trend tables for STUDY_NAME."""
+    handle = state.open_existing_storage()
+    study = load_existing_study(handle, study_name)
+    report = write_report(study, output, storage_url=handle.url)
+    drawn = sum(f.html is not None for f in report.figures)
+    click.echo(f"wrote {output} ({report.n_trials} trials, {drawn} of {len(report.figures)} "
+               f"figures drawn, {output.stat().st_size / 1e6:.1f} MB)")
+    for figure in report.figures:
+        if figure.html is None:
+            click.echo(f"  {figure.title}: {figure.caption}")
+
+
+@click.command("export")
+@click.argument("study_name")
+@storage_option
+@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
+              help="How many of the best completed trials to export.")
+@click.option("-o", "--output", type=OutputFile(),
+               default=Path("best.yaml"), show_default=True, help="YAML file, or JSON by extension.")
+@allow_other_data_option
+def export_command(state: CliState, study_name: str, top: int, output: Path,
+                   allow_other_data: bool) -> None:
+    """Write the best configs of STUDY_NAME, ready for `hpsearch final`."""
+    handle = state.open_existing_storage()
+    document = export_document(load_existing_study(handle, study_name), top=top,
+                               storage_url=handle.url, allow_other_data=allow_other_data)
+    write_document(document, output)
+    click.echo(f"wrote {len(document['configs'])} config(s) to {output}")
+    for entry in document["configs"]:
+        search = entry["search"]
+        click.echo(f"  {entry['rank']}. trial {entry['trial']}: {entry['metric']} = "
+                   f"{entry['value']:.6g}; final run: {entry['config']['epochs']} epochs "
+                   f"(search: stopping={search['stopping']}, best epoch {search['best_epoch']} "
+                   f"of {search['epochs_run']})")
+
+
+@click.command("final")
+@click.argument("export_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Training runs per config; seed k is the config's seed + k.")
+@click.option("--device", type=DeviceType(), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=DATA_DIR_HELP)
+@click.option("-o", "--output", type=OutputFile(),
+               default=Path("final.json"), show_default=True,
+               help="JSON file; the Markdown tables go beside it (.md).")
+@allow_other_data_option
+def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | None,
+                  output: Path, allow_other_data: bool) -> None:
+    """Train each exported config on the full training set and test it, with intervals."""
+    entries = load_exported(export_file)
+    torch_device = resolve_device(device)
+    click.echo(f"{len(entries)} config(s) x {seeds} seed(s) on {torch_device}: training on the "
+               "official training set, testing on the official test set")
+
+    def on_run(label: str, run: dict[str, Any]) -> None:
+        if run.get("error") is None:
+            click.echo(f"  {label} seed {run['seed']}: failed: {run['failure']}")
+            return
+        low, high = run["error_ci"]
+        click.echo(f"  {label} seed {run['seed']}: test error {100 * run['error']:.2f}% "
+                   f"(95% CI {100 * low:.2f}-{100 * high:.2f}%), {run['epochs']} epochs, "
+                   f"{run['seconds']:.1f} s")
+
+    def on_data(label: str, data: dict[str, Any], note: str | None) -> None:
+        click.echo(f"  {label}: data {describe_data(data)}")
+        if note:
+            click.echo(f"  note: {note}")
+
+    document = run_final(entries, seeds=seeds, device=torch_device, data_dir=data_dir,
+                         export_path=export_file, on_run=on_run, on_data=on_data,
+                         allow_other_data=allow_other_data)
+    table = markdown(document)
+    output.write_text(json.dumps(document) + "\n")
+    output.with_suffix(".md").write_text(table)
+    click.echo("")
+    click.echo(table)
+    click.echo(f"wrote {output} and {output.with_suffix('.md')}")
+
+
+ANALYSIS_COMMANDS = (dashboard_command, report_command, export_command, final_command)

@@ -1,0 +1,151 @@
+"""What every command shares, on click's `ctx.obj` (click's examples/repo/repo.py): the storage
+named with `--storage` and how to open it, and what the environment says at the edge."""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from click.core import ParameterSource
+
+from hpsearch.cli.options import StudyOptions
+from hpsearch.data import DataCache
+from hpsearch.devices import resolve_device
+from hpsearch.errors import StorageError
+from hpsearch.search.reports import OnProgress, Progress, TrialOutcome
+from hpsearch.search.settings import RunSettings
+from hpsearch.search.storage import (
+    DEFAULT_DB_RETRY_SECONDS,
+    DEFAULT_HEARTBEAT,
+    DEFAULT_STORAGE,
+    StorageHandle,
+    open_storage,
+    storage_file,
+)
+from hpsearch.search.worker import OnTrial, WorkerOptions, WorkerReport, run_worker
+
+
+@dataclasses.dataclass
+class CliState:
+    """The storage of this invocation, opened here and nowhere else in the CLI."""
+
+    heartbeat: int = DEFAULT_HEARTBEAT  # env HPSEARCH_HEARTBEAT_SECONDS
+    db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS  # env HPSEARCH_DB_RETRY_SECONDS
+    storage_url: str = DEFAULT_STORAGE
+    # Named on the command line (not the default, nor HPSEARCH_STORAGE), so a printed `next:`
+    # line must repeat it.
+    storage_named: bool = False
+
+    def open_storage(self, *, heartbeat: bool = True) -> StorageHandle:
+        """The storage for a command that writes (run, worker, launch) or watches (dashboard)."""
+        return open_storage(self.storage_url, heartbeat=self.heartbeat if heartbeat else None,
+                            db_retry_seconds=self.db_retry_seconds)
+
+    def open_existing_storage(self) -> StorageHandle:
+        """The storage for a command that only reads (best, status, report, export, rerun):
+        a SQLite or journal file that does not exist is an error, not a new empty file."""
+        url = self.storage_url
+        path = storage_file(url)
+        if path is not None and not path.exists():
+            raise StorageError(
+                f"storage {url!r}: {path} does not exist (nothing was created); give the file your "
+                "study was run into with --storage or HPSEARCH_STORAGE (paths are relative to the "
+                f"current folder, {Path.cwd()}), or create a study first with `hpsearch run STUDY "
+                f"--storage {url}`"
+            )
+        return open_storage(url, heartbeat=None, readonly=True,
+                            db_retry_seconds=self.db_retry_seconds)
+
+    def worker_env(self) -> dict[str, str]:
+        """The environment that gives a worker process this storage: by environment, not
+        argument, so a password stays out of `ps`."""
+        return {"HPSEARCH_STORAGE": self.storage_url,
+                "HPSEARCH_HEARTBEAT_SECONDS": str(self.heartbeat),
+                "HPSEARCH_DB_RETRY_SECONDS": str(self.db_retry_seconds)}
+
+
+pass_state = click.make_pass_decorator(CliState, ensure=True)
+
+
+def _remember_storage(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    state = ctx.ensure_object(CliState)
+    state.storage_url = value
+    source = ctx.get_parameter_source(param.name or "storage")
+    state.storage_named = source not in (ParameterSource.DEFAULT, ParameterSource.ENVIRONMENT)
+    return value
+
+
+def storage_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--storage`, the one declaration: it lands on `ctx.obj`, which the command receives."""
+    option = click.option(
+        "--storage", envvar="HPSEARCH_STORAGE", default=DEFAULT_STORAGE, show_default=True,
+        expose_value=False, callback=_remember_storage,
+        help="sqlite:///FILE.db, journal:FILE.log or postgresql://USER@HOST/DB (env HPSEARCH_STORAGE).")
+    return option(pass_state(func))
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What `run` and `worker` resolve before training."""
+
+    settings: RunSettings
+    device: torch.device
+    handle: StorageHandle
+    budget: int
+    data: DataCache
+
+
+def prepare_run(state: CliState, options: StudyOptions) -> Prepared:
+    """Settings, device, storage, budget and the loaded data. The data come first: a missing data
+    set must not leave a new, empty storage file behind."""
+    settings = options.settings()
+    device = resolve_device(options.device)
+    data = DataCache(settings.data_dir, device)
+    base = settings.base_config(0)
+    data.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
+    return Prepared(settings, device, state.open_storage(), options.trials or settings.spec.trials,
+                    data)
+
+
+def run_study(
+    run: Prepared, options: StudyOptions, *, sampler_seed: int | None, on_trial: OnTrial,
+    on_progress: OnProgress | None = None,
+) -> WorkerReport:
+    """The one call into the search layer that `run` and `worker` (and so `launch`'s workers)
+    share."""
+    worker = WorkerOptions(trials=run.budget, device=run.device, timeout=options.timeout,
+                           sampler_seed=sampler_seed, population=options.population,
+                           speed=options.speed,
+                           allow_mixed_precision=options.allow_mixed_precision)
+    return run_worker(run.handle, run.settings, worker, on_trial=on_trial,
+                      on_progress=on_progress, data=run.data)
+
+
+def invoked_as() -> str:
+    """How to run hpsearch again the way this process was started, for printed `next:` lines:
+    plain `hpsearch` only when that name on PATH is this very installation (an activated venv);
+    otherwise the script's path as typed (`.venv/bin/hpsearch`) or `PYTHON -m hpsearch`."""
+    on_path = shutil.which("hpsearch")
+    # Compare folders without following links: a venv's python links to the system's.
+    if on_path and Path(on_path).absolute().parent == Path(sys.executable).absolute().parent:
+        return "hpsearch"
+    script = sys.argv[0]
+    if Path(script).name == "hpsearch":
+        return shlex.quote(script)
+    return f"{shlex.quote(sys.executable)} -m hpsearch"
+
+
+def describe(outcome: TrialOutcome | Progress | None) -> str:
+    if outcome is None:
+        return ""
+    if isinstance(outcome, Progress):  # the running trial
+        return f"trial {outcome.trial}: {outcome.unit} {outcome.step}/{outcome.of}"
+    value = f" {outcome.value:.4f}" if outcome.value is not None else ""
+    return f"trial {outcome.number} {outcome.outcome}{value}"
