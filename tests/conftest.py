@@ -6,7 +6,7 @@ import gzip
 import os
 import struct
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hpsearch.data import RawData, make_splits, register_dataset
+from hpsearch.data import DataDirs, RawData, make_splits, register_dataset
 
 # Where tests find PostgreSQL: an admin URL allowed to CREATE and DROP DATABASE.
 POSTGRES_ADMIN = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -26,10 +26,24 @@ REQUIRE_POSTGRES = "HPSEARCH_REQUIRE_POSTGRES"
 
 @pytest.fixture(autouse=True)
 def _offline_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test downloads anything, and none reads or writes the user's data cache."""
+    """No test downloads anything, and none reads or writes the user's data cache: the CLI (and
+    the workers it starts) by its environment, the library by its default cache folder (a
+    library call that may download passes `DataDirs(download=False)`, see `offline`)."""
+    cache = tmp_path_factory.getbasetemp() / "data-cache"
     monkeypatch.setenv("HPSEARCH_DOWNLOAD", "0")
-    monkeypatch.setenv("HPSEARCH_DATA_DIR", str(tmp_path_factory.getbasetemp() / "data-cache"))
+    monkeypatch.setenv("HPSEARCH_DATA_DIR", str(cache))
     monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
+    monkeypatch.setattr("hpsearch.data.loading.default_cache_dir", lambda: cache)
+
+
+@pytest.fixture
+def offline(tmp_path: Path) -> Callable[[Path | None], DataDirs]:
+    """`DataDirs` for a library call that must not download: --data-dir `folder`, a fresh cache."""
+
+    def dirs(folder: Path | None) -> DataDirs:
+        return DataDirs(data_dir=folder, cache_dir=tmp_path / "offline-cache", download=False)
+
+    return dirs
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from hpsearch.data import DataCache, load_raw, make_splits
+from hpsearch.data import DataCache, DataDirs, load_raw, make_splits
 from hpsearch.errors import DataError
 from tests.conftest import write_idx
 
@@ -55,19 +56,18 @@ def test_uncompressed_idx_files_work_too(tmp_path: Path) -> None:
 
 
 def test_missing_files_name_what_was_looked_for_where_and_the_fix(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, offline: Callable[[Path | None], DataDirs]
 ) -> None:
-    monkeypatch.setenv("HPSEARCH_DATA_DIR", str(tmp_path / "empty-cache"))
     with pytest.raises(DataError) as info:
-        load_raw("mnist", tmp_path)
+        load_raw("mnist", offline(tmp_path))
     message = str(info.value)
     assert "train-images-idx3-ubyte" in message and str(tmp_path) in message
     assert "--data-dir" in message and "HPSEARCH_DOWNLOAD=0" in message
 
 
-def test_missing_cifar_says_which_files(tmp_path: Path) -> None:
+def test_missing_cifar_says_which_files(tmp_path: Path, offline: Callable[[Path | None], DataDirs]) -> None:
     with pytest.raises(DataError, match="cifar-10-batches-py"):
-        load_raw("cifar10", tmp_path)
+        load_raw("cifar10", offline(tmp_path))
 
 
 def test_unknown_data_set_lists_the_known_ones() -> None:

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpsearch.cli import main
-from hpsearch.data import load_raw
+from hpsearch.data import DataDirs, load_raw
 from tests.conftest import write_idx
 
 RUN = ["run", "quickstart", "--dataset", "fashion-mnist", "--trials", "1", "--epochs", "1",
@@ -130,14 +130,18 @@ def test_cache_entries_are_named_by_content_and_built_in_sets_have_a_fingerprint
     folders: tuple[Path, Path], tmp_path: Path
 ) -> None:
     a, b = folders
-    raw_a, raw_b = load_raw("mnist", a), load_raw("mnist", b)
+
+    def dirs(folder: Path) -> DataDirs:  # the fixture's cache, as the CLI would pass it
+        return DataDirs(data_dir=folder, cache_dir=tmp_path / "cache", download=False)
+
+    raw_a, raw_b = load_raw("mnist", dirs(a)), load_raw("mnist", dirs(b))
     assert (len(raw_a.train_y), len(raw_b.train_y)) == (1000, 2000)
     assert raw_a.source and raw_b.source and raw_a.source.sha256 != raw_b.source.sha256
     entries = sorted(p.name for p in (tmp_path / "cache" / "MNIST").iterdir())
     assert entries == sorted([raw_a.source.sha256[:16], raw_b.source.sha256[:16]])
     # Same content, packaged differently (unpacked, in another folder): same fingerprint.
     plain = write_idx(tmp_path / "plain", n_train=1000, n_test=500, compress=False)
-    assert load_raw("mnist", plain).source.sha256 == raw_a.source.sha256  # type: ignore[union-attr]
+    assert load_raw("mnist", dirs(plain)).source.sha256 == raw_a.source.sha256  # type: ignore[union-attr]
     iris = load_raw("iris").source
     assert iris is not None and iris.kind == "built-in" and "load_iris" in iris.location
     assert load_raw("iris").source == iris

@@ -35,7 +35,7 @@ from hpsearch.analysis.stats import (
     wilson_interval,
 )
 from hpsearch.config import TrainConfig
-from hpsearch.data import DataCache, Splits, check_same_data, describe_data
+from hpsearch.data import DataCache, DataPlace, Splits, check_same_data, describe_data
 from hpsearch.search.provenance import RunRecord
 from hpsearch.training import TrainResult, train
 
@@ -50,7 +50,7 @@ def run_final(
     *,
     seeds: int,
     device: torch.device,
-    data_dir: Path | None = None,
+    data_dir: DataPlace = None,
     export_path: Path | None = None,
     on_run: OnRun | None = None,
     on_data: OnData | None = None,

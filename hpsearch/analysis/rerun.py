@@ -19,14 +19,13 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
 
 from hpsearch.config import TrainConfig
-from hpsearch.data import DataCache, DataSource, check_same_data
+from hpsearch.data import DataCache, DataPlace, DataSource, check_same_data
 from hpsearch.errors import StudyError
 from hpsearch.search.provenance import RunRecord, package_versions
 from hpsearch.search.record import DEFAULT_METRIC, TrialRecord, study_metric
@@ -93,7 +92,7 @@ def rerun_trial(
     number: int,
     *,
     device: torch.device,
-    data_dir: Path | None = None,
+    data_dir: DataPlace = None,
     speed: SpeedOptions | None = None,
     allow_other_data: bool = False,
 ) -> Rerun:

@@ -19,9 +19,9 @@ from hpsearch.analysis.dashboard import (
 from hpsearch.analysis.export import export_document, load_exported, write_document
 from hpsearch.analysis.final import markdown, run_final
 from hpsearch.analysis.report import write_report
-from hpsearch.cli.options import DATA_DIR_HELP, DeviceType, OutputFile, allow_other_data_option
-from hpsearch.cli.state import CliState, storage_option
-from hpsearch.data import describe_data
+from hpsearch.cli.options import DeviceType, OutputFile, allow_other_data_option
+from hpsearch.cli.state import CliState, data_dir_option, storage_option
+from hpsearch.data import DataDirs, describe_data
 from hpsearch.devices import DEVICE_HELP, resolve_device
 from hpsearch.search.record import load_existing_study
 
@@ -96,12 +96,12 @@ def export_command(state: CliState, study_name: str, top: int, output: Path,
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Training runs per config; seed k is the config's seed + k.")
 @click.option("--device", type=DeviceType(), default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=DATA_DIR_HELP)
+@data_dir_option
 @click.option("-o", "--output", type=OutputFile(),
                default=Path("final.json"), show_default=True,
                help="JSON file; the Markdown tables go beside it (.md).")
 @allow_other_data_option
-def final_command(export_file: Path, seeds: int, device: str, data_dir: Path | None,
+def final_command(export_file: Path, seeds: int, device: str, data_dir: DataDirs,
                   output: Path, allow_other_data: bool) -> None:
     """Train each exported config on the full training set and test it, with intervals."""
     entries = load_exported(export_file)

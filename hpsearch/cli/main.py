@@ -17,7 +17,6 @@ from hpsearch import __version__
 from hpsearch.analysis.rerun import rerun_trial
 from hpsearch.cli.analysis import ANALYSIS_COMMANDS
 from hpsearch.cli.options import (
-    DATA_DIR_HELP,
     RUN_THREADS,
     DeviceType,
     EnvOption,
@@ -34,13 +33,14 @@ from hpsearch.cli.parallel import (
 )
 from hpsearch.cli.state import (
     CliState,
+    data_dir_option,
     describe,
     invoked_as,
     prepare_run,
     run_study,
     storage_option,
 )
-from hpsearch.data import describe_data
+from hpsearch.data import DataDirs, default_cache_dir, describe_data
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
 from hpsearch.search.outcomes import FAILED, describe_counts, interrupt_on_signals, interrupt_reason
@@ -78,14 +78,23 @@ class HPSearchGroup(click.Group):
 @click.option("--db-retry-seconds", type=click.FloatRange(min=0), default=DEFAULT_DB_RETRY_SECONDS,
               show_default=True, envvar="HPSEARCH_DB_RETRY_SECONDS", cls=EnvOption,
               help="How long to retry an unreachable PostgreSQL (env HPSEARCH_DB_RETRY_SECONDS).")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=default_cache_dir, show_default="~/.cache/hpsearch", envvar="HPSEARCH_DATA_DIR",
+              cls=EnvOption, help="Where downloads and unpacked data files go, and where data are "
+                                  "looked for without --data-dir (env HPSEARCH_DATA_DIR).")
+@click.option("--download/--no-download", default=True, envvar="HPSEARCH_DOWNLOAD", cls=EnvOption,
+              help="Let torchvision download missing data sets (env HPSEARCH_DOWNLOAD=0: fail at "
+                   "once, naming the files, on machines without internet).")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, heartbeat_seconds: int, db_retry_seconds: float) -> None:
+def main(ctx: click.Context, verbose: int, heartbeat_seconds: int, db_retry_seconds: float,
+         cache_dir: Path, download: bool) -> None:
     """Hyperparameter studies of PyTorch models on Optuna."""
     level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     optuna.logging.set_verbosity(level)
     # What the environment says is read here, once, and passed down as plain arguments.
-    ctx.obj = CliState(heartbeat=heartbeat_seconds, db_retry_seconds=db_retry_seconds)
+    ctx.obj = CliState(heartbeat=heartbeat_seconds, db_retry_seconds=db_retry_seconds,
+                       cache_dir=cache_dir, download=download)
 
 
 @main.command("studies")
@@ -221,10 +230,10 @@ def _print_best(study: optuna.Study, *, brief: bool) -> None:
 @storage_option
 @click.option("--device", type=DeviceType(), default=None,
               help=f"{DEVICE_HELP} [the device the trial ran on, if this machine has it]")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=DATA_DIR_HELP)
+@data_dir_option
 @allow_other_data_option
 def rerun_command(state: CliState, study_name: str, trial: int, device: str | None,
-                  data_dir: Path | None, allow_other_data: bool) -> None:
+                  data_dir: DataDirs, allow_other_data: bool) -> None:
     """Train trial TRIAL of STUDY_NAME again from its stored config and compare the metric."""
     study = load_existing_study(state.open_existing_storage(), study_name)
     stored_device = next((RunRecord.from_trial(t).device for t in study.get_trials(deepcopy=False)

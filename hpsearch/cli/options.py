@@ -14,6 +14,7 @@ from typing import Any
 import click
 import torch
 
+from hpsearch.data import DataDirs
 from hpsearch.devices import DEVICE_HELP, parse_device
 from hpsearch.errors import HPSearchError
 from hpsearch.search.launch import parse_gpus
@@ -116,12 +117,14 @@ class StudyOptions:
     bf16: bool = False
     allow_mixed_precision: bool = False
 
-    def settings(self) -> RunSettings:
-        """The study module named on the command line, resolved against these options."""
+    def settings(self, data: DataDirs) -> RunSettings:
+        """The study module named on the command line, resolved against these options; `data`
+        holds --data-dir (this object's `data_dir`) with the cache and download setting."""
+        assert data.data_dir == self.data_dir
         return resolve_settings(
             load_study(self.study), study_name=self.study_name, dataset=self.dataset,
             epochs=self.epochs, seed=self.seed, sampler=self.sampler, pruner=self.pruner,
-            data_dir=self.data_dir, cv=self.cv, allow_other_data=self.allow_other_data)
+            data_dir=data, cv=self.cv, allow_other_data=self.allow_other_data)
 
     @property
     def speed(self) -> SpeedOptions:

@@ -15,8 +15,8 @@ import click
 import torch
 from click.core import ParameterSource
 
-from hpsearch.cli.options import StudyOptions
-from hpsearch.data import DataCache
+from hpsearch.cli.options import DATA_DIR_HELP, StudyOptions
+from hpsearch.data import DataCache, DataDirs, default_cache_dir
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
 from hpsearch.search.reports import OnProgress, Progress, TrialOutcome
@@ -38,10 +38,17 @@ class CliState:
 
     heartbeat: int = DEFAULT_HEARTBEAT  # env HPSEARCH_HEARTBEAT_SECONDS
     db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS  # env HPSEARCH_DB_RETRY_SECONDS
+    cache_dir: Path = dataclasses.field(default_factory=default_cache_dir)  # env HPSEARCH_DATA_DIR
+    download: bool = True  # env HPSEARCH_DOWNLOAD
     storage_url: str = DEFAULT_STORAGE
     # Named on the command line (not the default, nor HPSEARCH_STORAGE), so a printed `next:`
     # line must repeat it.
     storage_named: bool = False
+
+    def data_dirs(self, data_dir: Path | None) -> DataDirs:
+        """Where a command's data come from: its --data-dir, this invocation's cache, and whether
+        it may download."""
+        return DataDirs(data_dir=data_dir, cache_dir=self.cache_dir, download=self.download)
 
     def open_storage(self, *, heartbeat: bool = True) -> StorageHandle:
         """The storage for a command that writes (run, worker, launch) or watches (dashboard)."""
@@ -64,11 +71,13 @@ class CliState:
                             db_retry_seconds=self.db_retry_seconds)
 
     def worker_env(self) -> dict[str, str]:
-        """The environment that gives a worker process this storage: by environment, not
-        argument, so a password stays out of `ps`."""
+        """The environment that gives a worker process this state: the storage by environment,
+        not argument, so a password stays out of `ps`."""
         return {"HPSEARCH_STORAGE": self.storage_url,
                 "HPSEARCH_HEARTBEAT_SECONDS": str(self.heartbeat),
-                "HPSEARCH_DB_RETRY_SECONDS": str(self.db_retry_seconds)}
+                "HPSEARCH_DB_RETRY_SECONDS": str(self.db_retry_seconds),
+                "HPSEARCH_DATA_DIR": str(self.cache_dir),
+                "HPSEARCH_DOWNLOAD": "1" if self.download else "0"}
 
 
 pass_state = click.make_pass_decorator(CliState, ensure=True)
@@ -91,6 +100,17 @@ def storage_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return option(pass_state(func))
 
 
+def _data_dirs(ctx: click.Context, param: click.Parameter, value: Path | None) -> DataDirs:
+    return ctx.ensure_object(CliState).data_dirs(value)
+
+
+def data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """`--data-dir` for the commands that load data outside a study (`final`, `rerun`): the
+    command gets `DataDirs`, with this invocation's cache and download setting."""
+    return click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+                        callback=_data_dirs, help=DATA_DIR_HELP)(func)
+
+
 @dataclasses.dataclass(frozen=True)
 class Prepared:
     """What `run` and `worker` resolve before training."""
@@ -105,7 +125,7 @@ class Prepared:
 def prepare_run(state: CliState, options: StudyOptions) -> Prepared:
     """Settings, device, storage, budget and the loaded data. The data come first: a missing data
     set must not leave a new, empty storage file behind."""
-    settings = options.settings()
+    settings = options.settings(state.data_dirs(options.data_dir))
     device = resolve_device(options.device)
     data = DataCache(settings.data_dir, device)
     base = settings.base_config(0)

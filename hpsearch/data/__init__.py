@@ -15,12 +15,15 @@ from hpsearch.data import builtin as _builtin  # noqa: F401
 from hpsearch.data.builtin import DEBIAN_FASHION_MNIST
 from hpsearch.data.loading import (
     DataCache,
+    DataDirs,
+    DataPlace,
     Loader,
     check_dataset_name,
+    data_dirs,
     dataset_names,
-    default_data_dir,
-    download_allowed,
+    default_cache_dir,
     load_raw,
+    register_cached_dataset,
     register_dataset,
 )
 from hpsearch.data.source import DataSource, check_same_data, describe_data
@@ -35,8 +38,8 @@ from hpsearch.data.splits import (
 )
 
 __all__ = [
-    "CV_MAX_TRAIN", "DEBIAN_FASHION_MNIST", "DataCache", "DataSource", "Loader", "RawData",
-    "Split", "Splits", "check_dataset_name", "check_folds", "check_same_data", "dataset_names",
-    "default_data_dir", "describe_data", "download_allowed", "load_raw", "make_folds",
-    "make_splits", "register_dataset",
+    "CV_MAX_TRAIN", "DEBIAN_FASHION_MNIST", "DataCache", "DataDirs", "DataPlace", "DataSource",
+    "Loader", "RawData", "Split", "Splits", "check_dataset_name", "check_folds", "check_same_data",
+    "data_dirs", "dataset_names", "default_cache_dir", "describe_data", "load_raw", "make_folds",
+    "make_splits", "register_cached_dataset", "register_dataset",
 ]

@@ -15,7 +15,7 @@ from hpsearch.data.files import (
     idx_sha256,
     unpack_once,
 )
-from hpsearch.data.loading import default_data_dir, register_dataset
+from hpsearch.data.loading import DataDirs, register_cached_dataset, register_dataset
 from hpsearch.data.source import DataSource, with_tensor_source
 from hpsearch.data.splits import RawData
 from hpsearch.errors import DataError
@@ -70,19 +70,18 @@ _IDX_FILES = {
 
 
 def _load_mnist_style(
-    name: str, dataset_cls: type, data_dir: Path, download: bool, extra_dirs: tuple[Path, ...],
-    source: str,
+    name: str, dataset_cls: type, dirs: DataDirs, extra_dirs: tuple[Path, ...], source: str,
 ) -> RawData:
     """Read the four IDX files with torchvision, from the folder the user names.
 
     torchvision reads `<root>/<Class>/raw/<file>` (its own download layout), used as it is when
     the data folder holds it. Files kept flat (`<dir>/<file>` or `<file>.gz`, as distributed and
     as Debian installs them) are unpacked into that layout under the cache folder
-    (HPSEARCH_DATA_DIR), in an entry named by their content, leaving the user's folder untouched:
+    (`dirs.cache_dir`, HPSEARCH_DATA_DIR), in an entry named by their content, leaving the user's folder untouched:
     a folder named with --data-dir is the only place looked at, and no cached copy of other
     files can stand in for it. Without --data-dir, `extra_dirs` are looked at too.
     """
-    cache = default_data_dir()
+    cache, data_dir, download = dirs.cache_dir, dirs.folder, dirs.download
     layout = f"{dataset_cls.__name__}/raw"
     fix = (f"replace it with a complete copy (source: {source}), or pass --data-dir DIR where DIR "
            "holds the four files")
@@ -158,21 +157,19 @@ def _checked_idx_hashes(files: Mapping[str, Path], *, fix: str) -> dict[str, str
     return hashes
 
 
-@register_dataset("mnist")
-def _mnist(data_dir: Path, download: bool) -> RawData:
+@register_cached_dataset("mnist")
+def _mnist(dirs: DataDirs) -> RawData:
     from torchvision.datasets import MNIST
 
-    return _load_mnist_style(
-        "mnist", MNIST, data_dir, download, (), "http://yann.lecun.com/exdb/mnist/"
-    )
+    return _load_mnist_style("mnist", MNIST, dirs, (), "http://yann.lecun.com/exdb/mnist/")
 
 
-@register_dataset("fashion-mnist")
-def _fashion_mnist(data_dir: Path, download: bool) -> RawData:
+@register_cached_dataset("fashion-mnist")
+def _fashion_mnist(dirs: DataDirs) -> RawData:
     from torchvision.datasets import FashionMNIST
 
     return _load_mnist_style(
-        "fashion-mnist", FashionMNIST, data_dir, download, (DEBIAN_FASHION_MNIST,),
+        "fashion-mnist", FashionMNIST, dirs, (DEBIAN_FASHION_MNIST,),
         "https://github.com/zalandoresearch/fashion-mnist (or Debian's dataset-fashion-mnist)",
     )
 

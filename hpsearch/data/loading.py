@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -17,15 +17,64 @@ from hpsearch.errors import DataError, choices_hint
 logger = logging.getLogger(__name__)
 
 
-Loader = Callable[[Path, bool], RawData]
-_LOADERS: dict[str, Loader] = {}
+def default_cache_dir() -> Path:
+    """Where downloads and unpacked files go unless told otherwise (the CLI's HPSEARCH_DATA_DIR)."""
+    return Path.home() / ".cache" / "hpsearch"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataDirs:
+    """Where data sets are read from and unpacked to, and whether they may be downloaded.
+
+    The CLI fills it from --data-dir, HPSEARCH_DATA_DIR and HPSEARCH_DOWNLOAD; the library never
+    reads the environment.
+    """
+
+    data_dir: Path | None = None  # --data-dir: when given, the only folder looked at
+    # (A lambda, so that the default is looked up when a DataDirs is made, not at import.)
+    cache_dir: Path = dataclasses.field(default_factory=lambda: default_cache_dir())
+    download: bool = True  # False on machines without internet: fail at once with the fix
+
+    @property
+    def folder(self) -> Path:
+        """The folder a loader reads: --data-dir, or the cache."""
+        return Path(self.data_dir) if self.data_dir else self.cache_dir
+
+
+# What a data set argument may be: a folder (the --data-dir of old callers), or everything.
+DataPlace = DataDirs | Path | None
+
+
+def data_dirs(place: DataPlace) -> DataDirs:
+    return place if isinstance(place, DataDirs) else DataDirs(data_dir=place)
+
+
+Loader = Callable[[Path, bool], RawData]  # (folder, download) -> the official sets
+_LOADERS: dict[str, Callable[[DataDirs], RawData]] = {}  # all take DataDirs here
+_NAMES: dict[str, str] = {}  # the loader's own name, which fingerprints data made in memory
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Add a loader `(data_dir, download) -> RawData` under `name` (also how tests add tiny sets)."""
+    """Add a loader `(folder, download) -> RawData` under `name` (also how tests add tiny sets)."""
 
     def decorate(loader: Loader) -> Loader:
+        _LOADERS[name] = lambda dirs: loader(dirs.folder, dirs.download)
+        _NAMES[name] = f"{loader.__module__}.{loader.__qualname__}"
+        return loader
+
+    return decorate
+
+
+DirsLoader = Callable[[DataDirs], RawData]
+
+
+def register_cached_dataset(name: str) -> Callable[[DirsLoader], DirsLoader]:
+    """Add a loader that takes the whole `DataDirs`: the built-in IDX loaders unpack files
+    from a named --data-dir into the cache."""
+
+    def decorate(loader: DirsLoader) -> DirsLoader:
         _LOADERS[name] = loader
+        _NAMES[name] = f"{loader.__module__}.{loader.__qualname__}"
         return loader
 
     return decorate
@@ -40,24 +89,15 @@ def check_dataset_name(name: str) -> None:
         raise DataError(choices_hint(name, dataset_names(), "data set"))
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("HPSEARCH_DATA_DIR", Path.home() / ".cache" / "hpsearch"))
-
-
-def download_allowed() -> bool:
-    """Tests and air-gapped machines set HPSEARCH_DOWNLOAD=0 to fail fast instead of trying."""
-    return os.environ.get("HPSEARCH_DOWNLOAD", "1") not in ("0", "false", "no")
-
-
-def load_raw(name: str, data_dir: Path | None = None) -> RawData:
+def load_raw(name: str, data_dir: DataPlace = None) -> RawData:
+    """The official sets of data set `name`, read from `data_dir` (a folder, or `DataDirs`)."""
     bits = _parity_bits(name)
     if bits is not None:
         return with_tensor_source(_parity(bits), f"generated {name}")
     check_dataset_name(name)
-    loader = _LOADERS[name]
-    raw = loader(Path(data_dir) if data_dir else default_data_dir(), download_allowed())
+    raw = _LOADERS[name](data_dirs(data_dir))
     if raw.source is None:
-        raw = with_tensor_source(raw, f"loader {loader.__module__}.{loader.__qualname__}")
+        raw = with_tensor_source(raw, f"loader {_NAMES[name]}")
     return raw
 
 
@@ -83,8 +123,8 @@ def _parity(bits: int) -> RawData:
 class DataCache:
     """Per-worker memory of loaded splits, so a data set is read and moved once, not per trial."""
 
-    def __init__(self, data_dir: Path | None, device: torch.device) -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: DataPlace, device: torch.device) -> None:
+        self.data_dir = data_dirs(data_dir)
         self.device = device
         self._splits: dict[tuple[str, float, int, bool], Splits] = {}
         self._folds: dict[tuple[str, int, int], list[Splits]] = {}

@@ -7,14 +7,20 @@ import dataclasses
 import hashlib
 import logging
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.config import TrainConfig
-from hpsearch.data import CV_MAX_TRAIN, DataCache, check_dataset_name, check_folds, load_raw
+from hpsearch.data import (
+    CV_MAX_TRAIN,
+    DataCache,
+    DataPlace,
+    check_dataset_name,
+    check_folds,
+    load_raw,
+)
 from hpsearch.errors import StudyError
 from hpsearch.search.registry import StudySpec
 
@@ -32,7 +38,7 @@ class RunSettings:
     seed: int
     sampler: str
     pruner: str
-    data_dir: Path | None = None
+    data_dir: DataPlace = None  # a folder (--data-dir), or DataDirs with the cache and download
     cv: int = 0  # k of k-fold cross-validation, 0: one validation split
     allow_other_data: bool = False  # resume on data whose hash differs from the study's
 
@@ -51,7 +57,7 @@ def resolve_settings(
     seed: int = 0,
     sampler: str | None = None,
     pruner: str | None = None,
-    data_dir: Path | None = None,
+    data_dir: DataPlace = None,
     cv: int | None = None,
     allow_other_data: bool = False,
 ) -> RunSettings:
@@ -77,7 +83,7 @@ def resolve_settings(
 
 
 def resolve_cv(
-    spec: StudySpec, dataset: str, *, requested: int | None, data_dir: Path | None
+    spec: StudySpec, dataset: str, *, requested: int | None, data_dir: DataPlace
 ) -> int:
     """k of k-fold cross-validation for this run, or 0 for one validation split.
 
