@@ -117,10 +117,10 @@ class StudyOptions:
     bf16: bool = False
     allow_mixed_precision: bool = False
 
-    def settings(self, data: DataDirs) -> RunSettings:
-        """The study module named on the command line, resolved against these options; `data`
-        holds --data-dir (this object's `data_dir`) with the cache and download setting."""
-        assert data.data_dir == self.data_dir
+    def settings(self, *, cache_dir: Path, download: bool) -> RunSettings:
+        """The study module named on the command line, resolved against these options, its data
+        read from --data-dir or `cache_dir` (HPSEARCH_DATA_DIR), downloaded only if `download`."""
+        data = DataDirs(data_dir=self.data_dir, cache_dir=cache_dir, download=download)
         return resolve_settings(
             load_study(self.study), study_name=self.study_name, dataset=self.dataset,
             epochs=self.epochs, seed=self.seed, sampler=self.sampler, pruner=self.pruner,

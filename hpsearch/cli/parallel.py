@@ -83,7 +83,7 @@ def launch_command(state: CliState, options: StudyOptions, workers: int | None,
     Ctrl-C stops every worker; their running trials are marked interrupted and queued again.
     """
     interrupt_on_signals()
-    settings = options.settings(state.data_dirs(options.data_dir))
+    settings = options.settings(cache_dir=state.cache_dir, download=state.download)
     gpu_list = _launch_gpus(gpus, options.device)
     plans = plan_workers(workers=workers, gpus=gpu_list, per_gpu=per_gpu,
                          cpu_count=len(os.sched_getaffinity(0)))

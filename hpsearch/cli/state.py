@@ -34,7 +34,8 @@ from hpsearch.search.worker import OnTrial, WorkerOptions, WorkerReport, run_wor
 
 @dataclasses.dataclass
 class CliState:
-    """The storage of this invocation, opened here and nowhere else in the CLI."""
+    """What this invocation read from its options and environment: where its data come from,
+    and its storage, opened here and nowhere else in the CLI."""
 
     heartbeat: int = DEFAULT_HEARTBEAT  # env HPSEARCH_HEARTBEAT_SECONDS
     db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS  # env HPSEARCH_DB_RETRY_SECONDS
@@ -125,7 +126,7 @@ class Prepared:
 def prepare_run(state: CliState, options: StudyOptions) -> Prepared:
     """Settings, device, storage, budget and the loaded data. The data come first: a missing data
     set must not leave a new, empty storage file behind."""
-    settings = options.settings(state.data_dirs(options.data_dir))
+    settings = options.settings(cache_dir=state.cache_dir, download=state.download)
     device = resolve_device(options.device)
     data = DataCache(settings.data_dir, device)
     base = settings.base_config(0)
