@@ -350,23 +350,22 @@ def test_every_study_option_reaches_launchs_workers() -> None:
     assert _parsed_by_worker(everything.worker_argv()) == everything
 
 
-def test_launch_passes_its_storage_and_heartbeat_to_the_workers_environment(
+def test_launch_passes_its_storage_heartbeat_and_data_settings_to_the_workers_environment(
     cli: CliRunner, journal_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[list[str], dict[str, str]]] = []
 
-    def fake_launch(plans: object, argv: list[str]) -> object:
-        seen.append((argv, dict(os.environ)))
+    def fake_launch(plans: object, argv: list[str], *, env: dict[str, str]) -> object:
+        seen.append((argv, env))
         raise SystemExit(0)
 
     monkeypatch.setattr("hpsearch.cli.parallel.launch", fake_launch)
-    for variable in ("HPSEARCH_STORAGE", "HPSEARCH_HEARTBEAT_SECONDS", "HPSEARCH_DB_RETRY_SECONDS"):
-        monkeypatch.setenv(variable, "unset")  # monkeypatch restores what launch writes
-        monkeypatch.delenv(variable)
-    result = cli.invoke(main, ["--heartbeat-seconds", "3", "launch", "quickstart", "--epochs", "1",
-                               "--storage", journal_url])
+    result = cli.invoke(main, ["--heartbeat-seconds", "3", "--cache-dir", "/data/cache", "launch",
+                               "quickstart", "--epochs", "1", "--storage", journal_url])
     assert result.exit_code == 0, result.output
     (argv, env), = seen
     assert env["HPSEARCH_STORAGE"] == journal_url and journal_url not in argv
-    assert env["HPSEARCH_HEARTBEAT_SECONDS"] == "3"
+    assert env["HPSEARCH_HEARTBEAT_SECONDS"] == "3" and env["HPSEARCH_DB_RETRY_SECONDS"] == "300.0"
+    assert env["HPSEARCH_DATA_DIR"] == "/data/cache"
+    assert env["HPSEARCH_DOWNLOAD"] == "0"  # conftest's, read by the launcher, passed on
     assert argv[:3] == ["quickstart", "--trials", "20"] and argv[argv.index("--epochs") + 1] == "1"

@@ -100,8 +100,7 @@ def launch_command(state: CliState, options: StudyOptions, workers: int | None,
         options, trials=budget, study_name=settings.study_name, dataset=settings.dataset,
         epochs=settings.epochs, sampler=settings.sampler, pruner=settings.pruner, cv=settings.cv,
         device="cuda" if gpu_list else options.device)
-    os.environ.update(state.worker_env())
-    result = launch(plans, for_workers.worker_argv())
+    result = launch(plans, for_workers.worker_argv(), env=state.worker_env())
     click.echo(f"\nworkers exited with {result.exit_codes} after {result.seconds:.1f} s"
                + (" (interrupted)" if result.interrupted else ""))
     _print_status(study_status(load_existing_study(handle, study_name)))

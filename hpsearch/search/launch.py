@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from hpsearch.errors import HPSearchError
 from hpsearch.search.outcomes import Interrupted
@@ -83,9 +83,13 @@ class LaunchResult:
 
 
 def launch(
-    plans: Sequence[WorkerPlan], worker_args: Sequence[str], *, grace: float = STOP_GRACE_SECONDS
+    plans: Sequence[WorkerPlan], worker_args: Sequence[str], *, env: Mapping[str, str] | None = None,
+    grace: float = STOP_GRACE_SECONDS,
 ) -> LaunchResult:
     """Run one `hpsearch worker` per plan and wait for all; Ctrl-C stops them all cleanly.
+
+    Each worker gets this process's environment with `env` over it (what the workers must
+    share but not show in `ps`, such as the storage URL), then its own placement.
 
     Workers start in their own sessions so that a terminal's Ctrl-C reaches them once, from here:
     each gets SIGINT, marks its running trial interrupted (queued again) and exits. A second
@@ -95,7 +99,7 @@ def launch(
     procs = []
     for plan in plans:
         command = [sys.executable, "-m", "hpsearch", "worker", *worker_args]
-        procs.append(subprocess.Popen(command, env=worker_env(plan, dict(os.environ)),
+        procs.append(subprocess.Popen(command, env=worker_env(plan, {**os.environ, **(env or {})}),
                                       start_new_session=True))
     interrupted = False
     try:
