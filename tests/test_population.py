@@ -22,10 +22,14 @@ from hpsearch.search.study import open_study
 from hpsearch.search.worker import WorkerOptions, run_worker
 from hpsearch.training import (
     EpochRecord,
+    RunInfo,
     StackedOptimizer,
+    TrainResult,
     build_optimizer,
+    many,
     stackable_key,
     train,
+    train_many,
     train_population,
 )
 
@@ -196,6 +200,41 @@ def test_pruning_one_member_stops_only_it(digits: Splits) -> None:
     assert results[1].stop_reason == "stopped" and len(results[1].history) == 1
     assert [r.stop_reason for r in (results[0], results[2])] == ["epochs", "epochs"]
     assert all(math.isfinite(r.final.val_loss) for r in results)
+
+
+def test_train_many_stacks_same_shapes_and_keeps_the_order(digits: Splits) -> None:
+    configs = [BASE.replace(epochs=2, seed=0), BASE.replace(epochs=2, optimizer="rmsprop"),
+               BASE.replace(epochs=2, seed=2, lr=3e-3), BASE.replace(epochs=2, hidden=(8,))]
+    started: dict[int, RunInfo] = {}
+    results = train_many(configs, lambda config: digits, device=CPU,
+                         on_start=lambda index, info: started.__setitem__(index, info))
+    assert {i: info.population for i, info in started.items()} == {0: 2, 1: 1, 2: 2, 3: 1}
+    for config, result in zip(configs, results):
+        assert isinstance(result, TrainResult) and result.config == config
+        alone = train(config, digits, device=CPU)
+        assert result.history_dict()["val_loss"] == pytest.approx(
+            alone.history_dict()["val_loss"], rel=1e-5)
+
+
+def test_train_many_fails_one_member_alone_and_retries_a_stack_out_of_memory(
+    digits: Splits, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse_third(index: int, info: RunInfo) -> None:
+        if index == 2:
+            raise RuntimeError("storage said no")
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("stack too large")
+
+    monkeypatch.setattr(many, "train_population", out_of_memory)
+    configs = [BASE.replace(epochs=1, seed=s) for s in range(3)]
+    populations: list[int] = []
+    results = train_many(configs, lambda config: digits, device=CPU,
+                         on_start=lambda i, info: (refuse_third(i, info),
+                                                   populations.append(info.population)))
+    assert isinstance(results[2], RuntimeError) and "storage said no" in str(results[2])
+    assert all(isinstance(r, TrainResult) for r in results[:2])
+    assert populations == [3, 3, 1, 1]  # the stack of two ran out of memory, then one by one
 
 
 def test_stackable_key_groups_same_shapes_only() -> None:
