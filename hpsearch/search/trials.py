@@ -39,7 +39,7 @@ from optuna.trial import TrialState
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache, Splits
-from hpsearch.errors import HPSearchError
+from hpsearch.errors import HPSearchError, raise_if_interrupted
 from hpsearch.search.liveness import heartbeat
 from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.outcomes import (
@@ -213,6 +213,7 @@ def _train_folds(run: _Run, member: _Member) -> None:
             on_fold=lambda done, mean: _step(run, member, mean, done, of=k, unit="fold"),
             record_init_stats=run.settings.spec.record_init_stats)
     except Exception as e:  # noqa: BLE001 - the trial fails alone, with its reason
+        raise_if_interrupted(e)  # a stop signal a library wrapped is a stop, not a failure
         if isinstance(e, torch.OutOfMemoryError) and run.device.type == "cuda":
             torch.cuda.empty_cache()
         member.ended = e
@@ -242,6 +243,9 @@ def _conclude(run: _Run, member: _Member) -> TrialOutcome:
     if member.taken_over or isinstance(ended, optuna.exceptions.UpdateFinishedTrialError):
         return taken_over(member.trial)
     if isinstance(ended, Exception):
+        # A stop signal that a library turned into its own error (psycopg, mid-commit) stops
+        # the worker: _interrupt tells this trial and the rest of the batch interrupted.
+        raise_if_interrupted(ended)
         if id(ended) not in run.logged and not isinstance(ended, (torch.OutOfMemoryError,
                                                                    HPSearchError)):
             run.logged.add(id(ended))  # a stack's members share one error: one traceback

@@ -15,6 +15,7 @@ import torch
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits
+from hpsearch.errors import raise_if_interrupted
 from hpsearch.training.eager import train
 from hpsearch.training.results import EpochRecord, TrainResult
 from hpsearch.training.speed import SpeedOptions
@@ -81,6 +82,7 @@ def _train_group(
             if on_start is not None:
                 on_start(index, RunInfo(population=len(members), speed=used))
         except Exception as e:  # noqa: BLE001 - the member fails alone, with its reason
+            raise_if_interrupted(e)  # a stop signal a library wrapped stops them all
             results[index] = e
             continue
         started.append(index)
@@ -111,5 +113,6 @@ def _train_group(
             _train_group(configs, [index], results, data, device=device, speed=speed,
                          on_start=on_start, on_epoch=on_epoch, record_init_stats=record_init_stats)
     except Exception as e:  # noqa: BLE001 - the stack's members fail together, the caller goes on
+        raise_if_interrupted(e)  # a stop signal a library wrapped stops them all
         for index in started:
             results[index] = e
