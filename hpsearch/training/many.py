@@ -74,18 +74,7 @@ def _train_group(
     data: SplitsFor, *, device: torch.device, speed: SpeedOptions, on_start: OnStart | None,
     on_epoch: OnMemberEpoch | None, record_init_stats: bool,
 ) -> None:
-    # A stack trains in float32 (bf16 autocast is for trials trained alone).
-    used = speed if len(members) == 1 else SpeedOptions(compile=speed.compile)
-    started = []
-    for index in members:
-        try:
-            if on_start is not None:
-                on_start(index, RunInfo(population=len(members), speed=used))
-        except Exception as e:  # noqa: BLE001 - the member fails alone, with its reason
-            raise_if_interrupted(e)  # a stop signal a library wrapped stops them all
-            results[index] = e
-            continue
-        started.append(index)
+    started, used = _start(members, results, speed=speed, on_start=on_start)
     if not started:
         return
     try:
@@ -116,3 +105,30 @@ def _train_group(
         raise_if_interrupted(e)  # a stop signal a library wrapped stops them all
         for index in started:
             results[index] = e
+
+
+def _start(
+    members: list[int], results: list[TrainResult | Exception | None], *, speed: SpeedOptions,
+    on_start: OnStart | None,
+) -> tuple[list[int], SpeedOptions]:
+    """Tell each member how it is about to train; those whose `on_start` raises fail alone.
+
+    When one fails, the others are told again with the smaller stack, so every member's
+    `RunInfo` (its trial's run record) names the stack it actually trains in.
+    """
+    started = list(members)
+    while True:
+        # A stack trains in float32 (bf16 autocast is for trials trained alone).
+        used = speed if len(started) == 1 else SpeedOptions(compile=speed.compile)
+        refused = []
+        for index in started:
+            try:
+                if on_start is not None:
+                    on_start(index, RunInfo(population=len(started), speed=used))
+            except Exception as e:  # noqa: BLE001 - the member fails alone, with its reason
+                raise_if_interrupted(e)  # a stop signal a library wrapped stops them all
+                results[index] = e
+                refused.append(index)
+        if not refused:
+            return started, used
+        started = [index for index in started if index not in refused]
