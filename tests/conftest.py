@@ -24,16 +24,22 @@ POSTGRES_ADMIN = os.environ.get("HPSEARCH_TEST_POSTGRES", "postgresql://postgres
 REQUIRE_POSTGRES = "HPSEARCH_REQUIRE_POSTGRES"
 
 
-@pytest.fixture(autouse=True)
-def _offline_data(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="session", autouse=True)
+def _offline_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No test downloads anything, and none reads or writes the user's data cache: the CLI (and
     the workers it starts) by its environment, the library by its default cache folder (a
-    library call that may download passes `DataDirs(download=False)`, see `offline`)."""
+    library call that may download passes `DataDirs(download=False)`, see `offline`).
+
+    Session-scoped, so that it is in force before module-scoped fixtures load their data too (a
+    function-scoped one let test_population's module fixture unpack into ~/.cache/hpsearch).
+    """
     cache = tmp_path_factory.getbasetemp() / "data-cache"
-    monkeypatch.setenv("HPSEARCH_DOWNLOAD", "0")
-    monkeypatch.setenv("HPSEARCH_DATA_DIR", str(cache))
-    monkeypatch.delenv("HPSEARCH_STORAGE", raising=False)
-    monkeypatch.setattr("hpsearch.data.loading.default_cache_dir", lambda: cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HPSEARCH_DOWNLOAD", "0")
+        patch.setenv("HPSEARCH_DATA_DIR", str(cache))
+        patch.delenv("HPSEARCH_STORAGE", raising=False)
+        patch.setattr("hpsearch.data.loading.default_cache_dir", lambda: cache)
+        yield
 
 
 @pytest.fixture
