@@ -91,7 +91,8 @@ ALLOW_OTHER_DATA_HELP = (
     "Go on when the data's content hash differs from the one the study (or export file, or "
     "trial) recorded; it is refused otherwise, since results on other data do not compare.")
 allow_other_data_option = click.option("--allow-other-data", is_flag=True, help=ALLOW_OTHER_DATA_HELP)
-DATA_DIR_HELP = "Folder holding data files (env HPSEARCH_DATA_DIR)."
+DATA_DIR_HELP = ("Folder holding the data files, the only one looked at [the cache: hpsearch "
+                 "--cache-dir, env HPSEARCH_DATA_DIR].")
 
 
 @dataclasses.dataclass(frozen=True)
