@@ -172,8 +172,9 @@ _OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "examples].")),
     "allow_other_data": _opt("--allow-other-data", is_flag=True, help=ALLOW_OTHER_DATA_HELP),
     "population": _opt("--population", type=click.IntRange(min=1), default=1, show_default=True, help=(
-        "Ask for up to K trials at a time and train same-shape MLP trials together as one "
-        "stacked computation (1: one trial at a time).")),
+        "Ask for up to K trials at a time and train those of one shape together as one "
+        "stacked computation (MLPs without batch norm, LeNet-5, AlexNet-CIFAR; 1: one trial "
+        "at a time).")),
     "compile": _opt("--compile", is_flag=True, help=(
         "torch.compile the training step (CUDA graphs on CUDA); pays off over many trials.")),
     "bf16": _opt("--bf16", is_flag=True, help=(
