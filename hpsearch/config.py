@@ -45,6 +45,9 @@ LR_RANGES: dict[str, tuple[float, float]] = {
 SCHEDULES = ("none", "step", "cosine")
 BATCH_MODES = ("full", "mini", "sample")
 STOPPING = ("fixed", "early", "target")
+# Training-batch augmentation on the device: "crop_flip" is torchvision's RandomCrop(size,
+# padding=augment_pad) followed by RandomHorizontalFlip(), drawn per example (training.augment).
+AUGMENTS = ("none", "crop_flip")
 
 _NAMED_FIELDS = {
     "model": MODELS,
@@ -55,6 +58,7 @@ _NAMED_FIELDS = {
     "schedule": SCHEDULES,
     "batch_mode": BATCH_MODES,
     "stopping": STOPPING,
+    "augment": AUGMENTS,
 }
 
 
@@ -104,6 +108,9 @@ class TrainConfig:
     stopping: str = "fixed"
     patience: int = 5  # epochs without a better validation loss, for stopping="early"
     target_error: float = 0.0  # validation error to stop at, for stopping="target"
+    # training batches only, images only; configs stored before these fields load with the defaults
+    augment: str = "none"
+    augment_pad: int = 4  # pixels of zero padding a crop may shift into, for augment="crop_flip"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -132,6 +139,8 @@ class TrainConfig:
         _check(self.epochs >= 1, "epochs", self.epochs, "at least 1 epoch")
         _check(self.step_size >= 1, "step_size", self.step_size, "at least 1 epoch")
         _check(self.patience >= 1, "patience", self.patience, "at least 1 epoch")
+        _check(self.augment_pad >= 0, "augment_pad", self.augment_pad,
+               "a padding of 0 or more pixels, e.g. 4 as in RandomCrop(32, padding=4)")
         if self.nesterov and not (self.optimizer == "sgd" and self.momentum > 0):
             raise ConfigError(
                 f"nesterov=True needs optimizer='sgd' with momentum > 0, got optimizer="

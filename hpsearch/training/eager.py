@@ -23,7 +23,7 @@ from torch import nn
 from hpsearch.config import TrainConfig
 from hpsearch.data import Split, Splits
 from hpsearch.errors import ConfigError
-from hpsearch.training import control
+from hpsearch.training import augment, control
 from hpsearch.training.losses import compute_loss, l1_penalty
 from hpsearch.training.models import ACTIVATION_LAYERS, build_model, set_dropout_generator
 from hpsearch.training.optim import build_optimizer
@@ -40,6 +40,8 @@ def batch_size_for(config: TrainConfig, n_train: int) -> int:
 
 
 def check_splits(configs: Sequence[TrainConfig], data: Splits) -> None:
+    for config in configs:
+        augment.check_augment(config, data.input_shape, data.name)
     if data.val is None and any(c.stopping != "fixed" for c in configs):
         stopping = next(c.stopping for c in configs if c.stopping != "fixed")
         raise ConfigError(
@@ -72,10 +74,13 @@ class EagerEngine:
         loss_sum = torch.zeros((), device=device)
         order = torch.randperm(n_train, device=control.shuffle_device(device),
                                generator=self.generators.order).to(device)
+        crops = augment.for_epoch([config], n_train, [self.generators.order], device=device,
+                                  stacked=False)
         for start in range(0, n_train, batch):
             idx = order[start : start + batch]
+            x = train.x[idx] if crops is None else crops(train.x[idx], start, start + batch)
             with self.speed.autocast(device):
-                loss = compute_loss(config.loss, self.step_model(train.x[idx]), train.y[idx])
+                loss = compute_loss(config.loss, self.step_model(x), train.y[idx])
             if config.l1 > 0:
                 loss = loss + config.l1 * l1_penalty(self.penalised)
             self.optimizer.zero_grad(set_to_none=True)

@@ -25,7 +25,7 @@ from torch import nn
 from hpsearch.config import TrainConfig
 from hpsearch.data import Split, Splits
 from hpsearch.errors import ConfigError
-from hpsearch.training import control
+from hpsearch.training import augment, control
 from hpsearch.training.eager import batch_size_for, check_splits
 from hpsearch.training.losses import compute_loss, l1_penalty
 from hpsearch.training.models import Dropout, build_model, draw_mask, empty_model
@@ -40,7 +40,9 @@ def stackable_key(config: TrainConfig) -> tuple[object, ...] | None:
     The key holds what fixes the shapes and the step sequence: data and split, model (and an
     MLP's widths and activation), loss, optimizer kind, batch size and epochs. Learning rate,
     weight decay, momentum, betas, eps, dropout, L1, init, seed, schedule and stopping rule may
-    differ. Batch norm trains alone (its running statistics are state outside the parameters),
+    differ, and so may `augment` and `augment_pad`: they change a batch's values, not its shape,
+    and each member draws its own crops (a member without augmentation gets its batch as is).
+    Batch norm trains alone (its running statistics are state outside the parameters),
     and so does per-sample SGD, whose thousands of one-example steps per epoch are what
     stacking cannot make cheap.
     """
@@ -96,12 +98,15 @@ class StackedEngine:
             torch.randperm(n_train, device=control.shuffle_device(self.device), generator=g.order)
             for g in self.generators
         ]).to(self.device)
+        crops = augment.for_epoch(self.configs, n_train, [g.order for g in self.generators],
+                                  device=self.device, stacked=True)
         loss_sum = torch.zeros(len(self.configs), device=self.device)
         l1 = self._column([c.l1 for c in self.configs]) if any(c.l1 for c in self.configs) else None
         for start in range(0, n_train, batch):
             idx = order[:, start : start + batch]
             params = self._params()
-            logits = self.forward(params, train.x[idx], self._masks(idx.shape[1]), shared=False)
+            x = train.x[idx] if crops is None else crops(train.x[idx], start, start + batch)
+            logits = self.forward(params, x, self._masks(idx.shape[1]), shared=False)
             losses = self._losses(logits, train.y[idx])
             if l1 is not None:
                 weights = [p for p in params if p.dim() > 2]  # weights only, not biases
