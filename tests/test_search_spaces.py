@@ -91,7 +91,8 @@ SPACES: dict[str, list[Case]] = {
     )],
     "cnn_lr_wd": [
         Case(CNN, {"model": "lenet5", "dropout": 0.0, **CNN_FIELDS}),
-        Case(CNN, {"model": "alexnet_cifar", "dropout": 0.5, **CNN_FIELDS}, "cifar10"),
+        Case(CNN, {"model": "alexnet_cifar", "dropout": 0.5, "augment": "crop_flip", **CNN_FIELDS},
+             "cifar10"),
     ],
     "depth_width": [Case(
         {"depth": (2, choice(1, 2, 4)), "width": (64, choice(32, 64, 128))}, {"hidden": (64, 64)}
