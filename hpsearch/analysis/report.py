@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
 from hpsearch.analysis.figures import Figure, draw_figures, figure_html
+from hpsearch.analysis.question import Answer, answer_study
 from hpsearch.data import describe_data
 from hpsearch.search.outcomes import (
     COUNTED,
@@ -49,8 +50,9 @@ MAX_REASONS = 15
 @dataclasses.dataclass(frozen=True)
 class Report:
     html: str
-    figures: list[Figure]
+    figures: list[Figure]  # Optuna's figures
     n_trials: int
+    answer: Answer  # the one-line answer, a grid study's table and the figures that answer it
 
 
 def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
@@ -59,7 +61,9 @@ def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
     complete = _ranked([t for t in trials if t.state == TrialState.COMPLETE and t.value is not None],
                        maximize)
     figures = draw_figures(study, trials, complete, metric=metric)
+    answer = answer_study(study, trials, complete)
     sections = [
+        answer.html(),
         _summary_section(study, trials, complete, metric=metric, storage_url=storage_url),
         _outcome_section(trials),
         _best_section(complete, metric=metric),
@@ -69,14 +73,15 @@ def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
     page = _PAGE.format(
         title=html.escape(f"hpsearch report: {study.study_name}"),
         # Inlined once, and only when there is a figure to draw (it is 4.7 MB).
-        plotlyjs=plotly.offline.get_plotlyjs() if any(f.html for f in figures) else "",
+        plotlyjs=plotly.offline.get_plotlyjs() if any(f.html for f in [*figures, *answer.figures])
+        else "",
         body="\n".join(sections),
         footer=html.escape(
             f"hpsearch {hpsearch.__version__}, optuna {optuna.__version__}; generated "
             f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}"
         ),
     )
-    return Report(html=page, figures=figures, n_trials=len(trials))
+    return Report(html=page, figures=figures, n_trials=len(trials), answer=answer)
 
 
 def _ranked(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
@@ -253,7 +258,13 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }}
 th {{ background: #f3f3f3; }}
-.note {{ color: #555; font-size: 0.9em; }}
+.note, .rule {{ color: #555; font-size: 0.9em; }}
+p.answer {{ font-size: 1.25em; margin: 0.5em 0 0.2em; }}
+table.grid td {{ text-align: right; }}
+table.grid td.pruned, table.grid td.failed, table.grid td.not-run {{ text-align: center; }}
+table.grid td.pruned {{ background: #fff4d6; }}
+table.grid td.failed {{ background: #fbdcdc; color: #900; }}
+table.grid td.not-run {{ color: #999; }}
 section {{ margin-bottom: 2em; }}
 </style>
 <script type="text/javascript">{plotlyjs}</script>
