@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_STORAGE ?= sqlite:///demo.db
 
-.PHONY: install demo test test-slow test-browser lint bench-workers bench-trainer clean
+.PHONY: install demo test system-deps test-slow test-browser lint bench-workers bench-trainer clean
 
 $(BIN)/hpsearch: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,18 +29,27 @@ demo: install
 	@echo "  $(BIN)/hpsearch final best.yaml --seeds 5 -o final.json   # test error with 95% intervals"
 	@echo "  $(BIN)/hpsearch launch quickstart --workers 2 --trials 40 --storage journal:demo.log   # parallel workers"
 
-# CI runs this target: here the PostgreSQL tests fail without a server instead of skipping.
-test: install
+# CI runs this target: here the PostgreSQL tests fail without a server instead of skipping, and
+# the Debian packages the tests drive for real (SYSTEM_PACKAGES) are installed where missing.
+test: install system-deps
 	HPSEARCH_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
+
+# Debian packages the default suite uses for real: headless Chromium renders optuna-dashboard
+# and the report. Installed with apt-get where a command is missing (needs root, or sudo).
+SYSTEM_PACKAGES ?= chromium
+SYSTEM_COMMANDS ?= chromium
+SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow
 
-# optuna-dashboard's page is a React app: check in a real headless browser that it renders a
-# study's trials. Debian's chromium is installed when missing (needs root, or sudo).
-SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-test-browser: install
-	command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+# Only the tests that drive headless Chromium (they are in `make test` too).
+test-browser: install system-deps
 	$(BIN)/python -m pytest -m browser
 
 # Trials per second with 1, 2, 4 and 8 workers on PostgreSQL and a journal file (not a test);

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from click.testing import CliRunner
 from hpsearch.analysis.dashboard import _ThreadedServer, is_loopback, make_dashboard_server
 from hpsearch.cli import main
 from hpsearch.search.storage import open_storage
+from tests import browser
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS = 3
@@ -121,29 +120,10 @@ def test_port_in_use_is_a_clear_error(sqlite_url: str) -> None:
         first.server_close()
 
 
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    # Let the page's scripts fetch from the API and render before the DOM is dumped.
-    "--virtual-time-budget=15000",
-]
-
-
 @pytest.mark.browser
 def test_study_page_renders_its_trials_in_chromium(served: str) -> None:
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.fail("chromium is not installed: `make test-browser` installs it (apt-get install chromium)")
-
     def dump(page: str) -> str:
-        with tempfile.TemporaryDirectory() as profile:
-            result = subprocess.run(
-                [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom",
-                 f"{served}/dashboard/{page}"],
-                capture_output=True, text=True, timeout=120, check=False,
-            )
-        assert result.returncode == 0, result.stderr[-2000:]
-        return result.stdout
+        return browser.load(f"{served}/dashboard/{page}").dom
 
     # Study ids are the storage's: 1 in a fresh database, 0 in a fresh journal file.
     (summary,) = get_json(f"{served}/api/studies")["study_summaries"]
