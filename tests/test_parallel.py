@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from optuna.trial import TrialState
 
 from hpsearch.cli import main
-from hpsearch.cli.options import StudyOptions
+from hpsearch.cli.options import StudyOptions, worker_argv
 from hpsearch.cli.parallel import worker_command
 from hpsearch.errors import HPSearchError, StorageError
 from hpsearch.search.launch import parse_gpus, plan_workers, worker_env
@@ -341,13 +341,13 @@ def test_every_study_option_reaches_launchs_workers() -> None:
     parses back in `hpsearch worker` into the very options the launcher had."""
     assert set(NOT_DEFAULT) == {f.name for f in fields(StudyOptions)} - {"study"}
     default = StudyOptions(study="quickstart")
-    assert _parsed_by_worker(default.worker_argv()) == default
+    assert _parsed_by_worker(worker_argv(default)) == default
     for name, value in NOT_DEFAULT.items():
         options = StudyOptions(study="quickstart", **{name: value})
         assert getattr(options, name) != getattr(default, name), name
-        assert _parsed_by_worker(options.worker_argv()) == options, name
+        assert _parsed_by_worker(worker_argv(options)) == options, name
     everything = StudyOptions(study="quickstart", **NOT_DEFAULT)  # type: ignore[arg-type]
-    assert _parsed_by_worker(everything.worker_argv()) == everything
+    assert _parsed_by_worker(worker_argv(everything)) == everything
 
 
 def test_launch_passes_its_storage_heartbeat_and_data_settings_to_the_workers_environment(

@@ -132,8 +132,7 @@ def test_the_running_trial_reports_its_epochs_and_folds(sqlite_url: str, tmp_pat
 
 
 def test_run_shows_the_running_trial_and_logs_each_finished_one(cli: CliRunner, sqlite_url: str) -> None:
-    from hpsearch.cli.state import describe
-    from hpsearch.search.reports import Progress
+    from hpsearch.search.reports import Progress, describe
 
     assert describe(Progress(trial=3, step=4, of=20, unit="epoch")) == "trial 3: epoch 4/20"
     result = cli.invoke(main, ["run", "quickstart", "--trials", "2", "--epochs", "1",

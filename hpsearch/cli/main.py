@@ -34,10 +34,7 @@ from hpsearch.cli.parallel import (
 from hpsearch.cli.state import (
     CliState,
     data_dir_option,
-    describe,
     invoked_as,
-    prepare_run,
-    run_study,
     storage_option,
 )
 from hpsearch.data import DataDirs, default_cache_dir, describe_data
@@ -52,7 +49,8 @@ from hpsearch.search.record import (
     study_metric,
 )
 from hpsearch.search.registry import load_study, study_names
-from hpsearch.search.reports import Progress, TrialOutcome
+from hpsearch.search.reports import Progress, TrialOutcome, describe
+from hpsearch.search.runs import run_study
 from hpsearch.search.storage import DEFAULT_DB_RETRY_SECONDS, DEFAULT_HEARTBEAT
 from hpsearch.search.worker import BudgetState, WorkerReport
 from hpsearch.training import CrossValResult
@@ -132,7 +130,7 @@ def run_command(state: CliState, options: StudyOptions, threads: int) -> None:
     """
     interrupt_on_signals()  # also when started in the background, where SIGINT is ignored
     set_threads(threads)
-    run = prepare_run(state, options)
+    run = state.prepare(options)
     settings, budget = run.settings, run.budget
     folds = f", {settings.cv}-fold cross-validation" if settings.cv else ""
     click.echo(f"study {settings.study_name} ({settings.spec.name} on {settings.dataset}, "

@@ -1,5 +1,6 @@
 """The options of the study-running commands (`run`, `worker`, `launch`), gathered once by click
-into one frozen `StudyOptions` and passed down; `launch` turns it back into a worker's argv."""
+into one frozen `StudyOptions` (hpsearch/search/runs.py, which the Python API builds too) and
+passed down; `launch` turns it back into a worker's argv (`worker_argv`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,11 @@ from typing import Any
 import click
 import torch
 
-from hpsearch.data import DataDirs
 from hpsearch.devices import DEVICE_HELP, parse_device
 from hpsearch.errors import HPSearchError
 from hpsearch.search.launch import parse_gpus
-from hpsearch.search.registry import PRUNERS, SAMPLERS, load_study
-from hpsearch.search.settings import RunSettings, resolve_settings
-from hpsearch.training import SpeedOptions
+from hpsearch.search.registry import PRUNERS, SAMPLERS
+from hpsearch.search.runs import StudyOptions
 
 
 class DeviceType(click.ParamType):
@@ -95,60 +94,6 @@ DATA_DIR_HELP = ("Folder holding the data files, the only one looked at [the cac
                  "--cache-dir, env HPSEARCH_DATA_DIR].")
 
 
-@dataclasses.dataclass(frozen=True)
-class StudyOptions:
-    """What `run`, `worker` and `launch` were asked to do: which study, on what, and how."""
-
-    study: str
-    trials: int | None = None
-    timeout: float | None = None
-    study_name: str | None = None
-    dataset: str | None = None
-    data_dir: Path | None = None
-    epochs: int | None = None
-    device: str = "auto"
-    seed: int = 0
-    sampler: str | None = None
-    pruner: str | None = None
-    cv: int | None = None
-    allow_other_data: bool = False
-    # How a worker trains, not what: these never change a trial's config or the search space.
-    population: int = 1
-    compile: bool = False
-    bf16: bool = False
-    allow_mixed_precision: bool = False
-
-    def settings(self, *, cache_dir: Path, download: bool) -> RunSettings:
-        """The study module named on the command line, resolved against these options, its data
-        read from --data-dir or `cache_dir` (HPSEARCH_DATA_DIR), downloaded only if `download`."""
-        data = DataDirs(data_dir=self.data_dir, cache_dir=cache_dir, download=download)
-        return resolve_settings(
-            load_study(self.study), study_name=self.study_name, dataset=self.dataset,
-            epochs=self.epochs, seed=self.seed, sampler=self.sampler, pruner=self.pruner,
-            data_dir=data, cv=self.cv, allow_other_data=self.allow_other_data)
-
-    @property
-    def speed(self) -> SpeedOptions:
-        return SpeedOptions(compile=self.compile, bf16=self.bf16)
-
-    def worker_argv(self) -> list[str]:
-        """The `hpsearch worker` arguments that parse back into these very options."""
-        argv = [self.study]
-        for name, (flag, attrs) in _OPTIONS.items():
-            value = getattr(self, name)
-            if attrs.get("is_flag"):
-                argv += [flag] if value else []
-            elif value is not None:
-                argv += [flag, str(value)]
-        return argv
-
-    @staticmethod
-    def from_params(params: dict[str, Any]) -> StudyOptions:
-        """Take this object's fields out of a command's parsed `params` (the rest stay there)."""
-        names = [f.name for f in dataclasses.fields(StudyOptions)]
-        return StudyOptions(**{name: params.pop(name) for name in names})
-
-
 # Each field but `study`: its flag and click's attributes. `worker_argv` reads the same table,
 # so an option added here reaches `launch`'s workers without another line.
 def _opt(flag: str, **attrs: Any) -> tuple[str, dict[str, Any]]:
@@ -185,6 +130,18 @@ _OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
         "one precision).")),
 }
 assert list(_OPTIONS) == [f.name for f in dataclasses.fields(StudyOptions)][1:]
+
+
+def worker_argv(options: StudyOptions) -> list[str]:
+    """The `hpsearch worker` arguments that parse back into these very options."""
+    argv = [options.study]
+    for name, (flag, attrs) in _OPTIONS.items():
+        value = getattr(options, name)
+        if attrs.get("is_flag"):
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, str(value)]
+    return argv
 
 
 def study_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,15 +12,23 @@ import click
 import torch
 
 from hpsearch.analysis.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
-from hpsearch.cli.options import GpuList, StudyOptions, set_threads, study_options, threads_option
-from hpsearch.cli.state import CliState, describe, prepare_run, run_study, storage_option
+from hpsearch.cli.options import (
+    GpuList,
+    StudyOptions,
+    set_threads,
+    study_options,
+    threads_option,
+    worker_argv,
+)
+from hpsearch.cli.state import CliState, storage_option
 from hpsearch.data import DataCache, describe_data
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
 from hpsearch.search.launch import launch, plan_workers
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.search.record import RunRecord, load_existing_study
-from hpsearch.search.reports import TrialOutcome
+from hpsearch.search.reports import TrialOutcome, describe
+from hpsearch.search.runs import run_study
 from hpsearch.search.settings import RunSettings, data_record
 from hpsearch.search.storage import StorageHandle
 from hpsearch.search.study import open_study
@@ -46,7 +54,7 @@ def worker_command(state: CliState, options: StudyOptions, worker_index: int | N
     # (naming the signal) and queued again, not left RUNNING.
     interrupt_on_signals()
     set_threads(threads)
-    run = prepare_run(state, options)
+    run = state.prepare(options)
     name = f"w{worker_index}" if worker_index is not None else f"{socket.gethostname()}:{os.getpid()}"
     # Workers with one sampler seed would draw the same startup points; spread them by index.
     sampler_seed = options.seed * 10_007 + worker_index if worker_index is not None else None
@@ -100,7 +108,7 @@ def launch_command(state: CliState, options: StudyOptions, workers: int | None,
         options, trials=budget, study_name=settings.study_name, dataset=settings.dataset,
         epochs=settings.epochs, sampler=settings.sampler, pruner=settings.pruner, cv=settings.cv,
         device="cuda" if gpu_list else options.device)
-    result = launch(plans, for_workers.worker_argv(), env=state.worker_env())
+    result = launch(plans, worker_argv(for_workers), env=state.worker_env())
     click.echo(f"\nworkers exited with {result.exit_codes} after {result.seconds:.1f} s"
                + (" (interrupted)" if result.interrupted else ""))
     _print_status(study_status(load_existing_study(handle, study_name)))

@@ -12,15 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import torch
 from click.core import ParameterSource
 
-from hpsearch.cli.options import DATA_DIR_HELP, StudyOptions
-from hpsearch.data import DataCache, DataDirs, default_cache_dir
-from hpsearch.devices import resolve_device
+from hpsearch.cli.options import DATA_DIR_HELP
+from hpsearch.data import DataDirs, default_cache_dir
 from hpsearch.errors import StorageError
-from hpsearch.search.reports import OnProgress, Progress, TrialOutcome
-from hpsearch.search.settings import RunSettings
+from hpsearch.search.runs import Prepared, StudyOptions, prepare_run
 from hpsearch.search.storage import (
     DEFAULT_DB_RETRY_SECONDS,
     DEFAULT_HEARTBEAT,
@@ -29,7 +26,6 @@ from hpsearch.search.storage import (
     open_storage,
     storage_file,
 )
-from hpsearch.search.worker import OnTrial, WorkerOptions, WorkerReport, run_worker
 
 
 @dataclasses.dataclass
@@ -70,6 +66,11 @@ class CliState:
             )
         return open_storage(url, heartbeat=None, readonly=True,
                             db_retry_seconds=self.db_retry_seconds)
+
+    def prepare(self, options: StudyOptions) -> Prepared:
+        """`prepare_run` with this invocation's storage, cache folder and download setting."""
+        return prepare_run(options, open_storage=self.open_storage, cache_dir=self.cache_dir,
+                           download=self.download)
 
     def worker_env(self) -> dict[str, str]:
         """The environment that gives a worker process this state: the storage by environment,
@@ -112,43 +113,6 @@ def data_dir_option(func: Callable[..., Any]) -> Callable[..., Any]:
                         callback=_data_dirs, help=DATA_DIR_HELP)(func)
 
 
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """What `run` and `worker` resolve before training."""
-
-    settings: RunSettings
-    device: torch.device
-    handle: StorageHandle
-    budget: int
-    data: DataCache
-
-
-def prepare_run(state: CliState, options: StudyOptions) -> Prepared:
-    """Settings, device, storage, budget and the loaded data. The data come first: a missing data
-    set must not leave a new, empty storage file behind."""
-    settings = options.settings(cache_dir=state.cache_dir, download=state.download)
-    device = resolve_device(options.device)
-    data = DataCache(settings.data_dir, device)
-    base = settings.base_config(0)
-    data.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
-    return Prepared(settings, device, state.open_storage(), options.trials or settings.spec.trials,
-                    data)
-
-
-def run_study(
-    run: Prepared, options: StudyOptions, *, sampler_seed: int | None, on_trial: OnTrial,
-    on_progress: OnProgress | None = None,
-) -> WorkerReport:
-    """The one call into the search layer that `run` and `worker` (and so `launch`'s workers)
-    share."""
-    worker = WorkerOptions(trials=run.budget, device=run.device, timeout=options.timeout,
-                           sampler_seed=sampler_seed, population=options.population,
-                           speed=options.speed,
-                           allow_mixed_precision=options.allow_mixed_precision)
-    return run_worker(run.handle, run.settings, worker, on_trial=on_trial,
-                      on_progress=on_progress, data=run.data)
-
-
 def invoked_as() -> str:
     """How to run hpsearch again the way this process was started, for printed `next:` lines:
     plain `hpsearch` only when that name on PATH is this very installation (an activated venv);
@@ -161,12 +125,3 @@ def invoked_as() -> str:
     if Path(script).name == "hpsearch":
         return shlex.quote(script)
     return f"{shlex.quote(sys.executable)} -m hpsearch"
-
-
-def describe(outcome: TrialOutcome | Progress | None) -> str:
-    if outcome is None:
-        return ""
-    if isinstance(outcome, Progress):  # the running trial
-        return f"trial {outcome.trial}: {outcome.unit} {outcome.step}/{outcome.of}"
-    value = f" {outcome.value:.4f}" if outcome.value is not None else ""
-    return f"trial {outcome.number} {outcome.outcome}{value}"

@@ -1,6 +1,7 @@
 """What the trial path hands back to the worker and the CLI, and how it names an ending.
 
-`TrialOutcome` is one told (or dropped) trial, `Progress` the running one's step; `classify`
+`TrialOutcome` is one told (or dropped) trial, `Progress` the running one's step, `describe`
+names either in one line; `classify`
 maps a training run that ended by itself to a state, an outcome and a reason, `error_reason`
 does so for an exception, and `taken_over` is the trial another worker failed as lost.
 """
@@ -84,3 +85,14 @@ def taken_over(trial: optuna.Trial) -> TrialOutcome:
               "a long pause) and queued it again")
     logger.warning("trial %d was taken over: %s; dropping it and going on", trial.number, reason)
     return TrialOutcome(number=trial.number, outcome=TAKEN_OVER, value=None, reason=reason, seconds=0.0)
+
+
+def describe(outcome: TrialOutcome | Progress | None) -> str:
+    """`trial 3 complete 0.0486`, or the running trial's `trial 3: epoch 4/20`: how the command
+    line and the Python API's progress bars name a trial."""
+    if outcome is None:
+        return ""
+    if isinstance(outcome, Progress):  # the running trial
+        return f"trial {outcome.trial}: {outcome.unit} {outcome.step}/{outcome.of}"
+    value = f" {outcome.value:.4f}" if outcome.value is not None else ""
+    return f"trial {outcome.number} {outcome.outcome}{value}"
