@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.analysis.cost import CostTotals, cost_totals
 from hpsearch.data import DataSource
 from hpsearch.search.outcomes import (
     FAILED,
@@ -43,6 +44,7 @@ class StudyStatus:
     running: list[FrozenTrial]
     data: Any = None  # the study's data record (`Splits.provenance`), None if not recorded
     on_other_data: int = 0  # trials that ran on data with another hash (--allow-other-data)
+    cost: CostTotals | None = None  # device time, trials per hour, best value against cost
 
 
 def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -> StudyStatus:
@@ -64,7 +66,14 @@ def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -
         running=[t for t in trials if t.state == TrialState.RUNNING],
         data=StudyRecord.from_study(study).data,
         on_other_data=_on_other_data(study, trials),
+        cost=cost_totals(trials, maximize=_maximize(study)),
     )
+
+
+def _maximize(study: optuna.Study) -> bool | None:
+    """Whether higher is better; None for a study of several objectives (no single best)."""
+    directions = study.directions
+    return None if len(directions) > 1 else directions[0] == optuna.study.StudyDirection.MAXIMIZE
 
 
 def _on_other_data(study: optuna.Study, trials: list[FrozenTrial]) -> int:

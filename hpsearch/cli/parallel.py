@@ -11,6 +11,7 @@ import sys
 import click
 import torch
 
+from hpsearch.analysis.cost import cost_lines
 from hpsearch.analysis.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
 from hpsearch.cli.options import (
     GpuList,
@@ -178,6 +179,9 @@ def _print_status(status: StudyStatus) -> None:
     if status.best is not None:
         click.echo(f"best: trial #{status.best.number}, {status.metric} = {status.best.value:.6g}, "
                    f"{status.best.params}")
+    if status.cost is not None:
+        for line in cost_lines(status.cost):
+            click.echo(line)
     now = datetime.datetime.now()
     for t in status.running:
         run = RunRecord.from_trial(t)
