@@ -6,7 +6,6 @@ import datetime
 import re
 from typing import Any
 
-import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.distributions import FloatDistribution
@@ -97,7 +96,13 @@ def test_device_kind_groups_gpus_by_model_and_cpus_by_type() -> None:
     assert device_kind(RunRecord()) == "unknown"
 
 
-def test_status_prints_the_cost_of_a_real_study(cli: CliRunner, sqlite_url: str) -> None:
+def test_status_prints_the_cost_of_a_real_study(cli: CliRunner, sqlite_url: str,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_estimates(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the Terminator was asked without --stop-when-converged")
+
+    # Without the flag, the convergence estimate stays off the trial loop altogether.
+    monkeypatch.setattr("hpsearch.search.worker.ConvergenceWatch", no_estimates)
     run = cli.invoke(main, ["run", "quickstart", "--trials", "3", "--epochs", "1",
                             "--storage", sqlite_url])
     assert run.exit_code == 0, run.output
@@ -114,4 +119,4 @@ def test_status_prints_the_cost_of_a_real_study(cli: CliRunner, sqlite_url: str)
     assert "not complete: 0.0 s (0%)" in result.output
     best = min(study.trials, key=lambda t: t.value or 1.0).number
     assert f"best so far reached at trial #{best} after" in result.output
-    assert isinstance(study, optuna.Study)
+    assert "convergence" not in study.user_attrs and "when to stop" not in result.output

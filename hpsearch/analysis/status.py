@@ -19,7 +19,14 @@ from hpsearch.search.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.search.record import RunRecord, StudyRecord, study_metric
+from hpsearch.search.record import (
+    Estimate,
+    RunRecord,
+    StopRecord,
+    StudyRecord,
+    stored_estimates,
+    study_metric,
+)
 
 RECENT_SECONDS = 600.0  # a worker counts as seen recently if it started or ended a trial this lately
 MAX_REASON_TRIALS = 5  # trial numbers listed after each reason
@@ -45,6 +52,8 @@ class StudyStatus:
     data: Any = None  # the study's data record (`Splits.provenance`), None if not recorded
     on_other_data: int = 0  # trials that ran on data with another hash (--allow-other-data)
     cost: CostTotals | None = None  # device time, trials per hour, best value against cost
+    estimates: list[Estimate] = dataclasses.field(default_factory=list)  # --stop-when-converged
+    stopped: StopRecord | None = None  # why the study stopped starting trials, if it did
 
 
 def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -> StudyStatus:
@@ -67,6 +76,8 @@ def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -
         data=StudyRecord.from_study(study).data,
         on_other_data=_on_other_data(study, trials),
         cost=cost_totals(trials, maximize=_maximize(study)),
+        estimates=stored_estimates(study),
+        stopped=StopRecord.from_study(study),
     )
 
 

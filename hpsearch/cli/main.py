@@ -177,9 +177,11 @@ def _print_run_report(report: WorkerReport, elapsed: float) -> None:
                    + (" (stopped by --timeout)" if report.stopped == "timeout" else ""))
     elif report.stopped == "timeout":
         click.echo("ran no trials: --timeout passed before the first one could start")
-    else:
+    elif report.stopped != "converged":
         click.echo(f"ran no trials: the study already holds its {report.budget}; raise --trials "
                    "to run more")
+    if report.stop_reason:
+        click.echo(f"stopped starting trials (--stop-when-converged): {report.stop_reason}")
     for outcome in report.outcomes:
         if outcome.outcome == FAILED:
             click.echo(f"  trial {outcome.number} failed: {outcome.reason}")

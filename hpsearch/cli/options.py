@@ -17,6 +17,7 @@ import torch
 
 from hpsearch.devices import DEVICE_HELP, parse_device
 from hpsearch.errors import HPSearchError
+from hpsearch.search.convergence import DEFAULT_MIN_TRIALS
 from hpsearch.search.launch import parse_gpus
 from hpsearch.search.registry import PRUNERS, SAMPLERS
 from hpsearch.search.runs import StudyOptions
@@ -128,6 +129,13 @@ _OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "allow_mixed_precision": _opt("--allow-mixed-precision", is_flag=True, help=(
         "Let bf16 and float32 trials share one study (refused otherwise: its comparisons assume "
         "one precision).")),
+    "stop_when_converged": _opt("--stop-when-converged", is_flag=True, help=(
+        "Stop starting trials, in every worker of the study, once Optuna's Terminator finds that "
+        "what more trials could gain (a regret bound) is below the validation noise of the best "
+        "trial, sqrt(e(1-e)/n); for studies of val_error or val_accuracy.")),
+    "stop_min_trials": _opt("--stop-min-trials", type=click.IntRange(min=2), default=DEFAULT_MIN_TRIALS,
+                            show_default=True, help=(
+        "With --stop-when-converged: complete trials before the first look.")),
 }
 assert list(_OPTIONS) == [f.name for f in dataclasses.fields(StudyOptions)][1:]
 

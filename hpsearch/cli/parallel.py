@@ -13,6 +13,7 @@ import torch
 
 from hpsearch.analysis.cost import cost_lines
 from hpsearch.analysis.status import MAX_REASON_TRIALS, RECENT_SECONDS, StudyStatus, study_status
+from hpsearch.analysis.stopping import convergence_lines
 from hpsearch.cli.options import (
     GpuList,
     StudyOptions,
@@ -75,6 +76,8 @@ def worker_command(state: CliState, options: StudyOptions, worker_index: int | N
         click.echo(f"[{name}] note: {report.precision_note}")
     click.echo(f"[{name}] done ({report.stopped}): ran {len(report.outcomes)} trials: "
                f"{describe_counts(report.counts())}")
+    if report.stop_reason:
+        click.echo(f"[{name}] stopped starting trials: {report.stop_reason}")
 
 
 @click.command("launch")
@@ -182,6 +185,8 @@ def _print_status(status: StudyStatus) -> None:
     if status.cost is not None:
         for line in cost_lines(status.cost):
             click.echo(line)
+    for line in convergence_lines(status.estimates, status.stopped):
+        click.echo(line)
     now = datetime.datetime.now()
     for t in status.running:
         run = RunRecord.from_trial(t)

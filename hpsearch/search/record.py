@@ -23,19 +23,20 @@ from optuna.trial import FrozenTrial
 
 from hpsearch.config import TrainConfig
 from hpsearch.errors import StudyError
+from hpsearch.search.convergence import Estimate, StopRecord, stored_estimates
 from hpsearch.search.provenance import ATTR_DATA, ATTR_RUN, RunRecord, as_mapping
 
 if TYPE_CHECKING:
     from hpsearch.search.storage import StorageHandle
 
-__all__ = [  # the run record's names are provenance's, read here with the rest
+__all__ = [  # the run record's names are provenance's, the convergence ones convergence's
     "ATTR_CONFIG", "ATTR_CV", "ATTR_DATA", "ATTR_HISTORY", "ATTR_INIT_STATS", "ATTR_METRIC",
     "ATTR_OUTCOME", "ATTR_REASON", "ATTR_RESULT", "ATTR_RUN", "DEFAULT_METRIC", "CrossValRecord",
-    "History",
-    "InitStats", "Outcome", "ResultSummary", "RunRecord", "StudyMetric", "StudyRecord",
-    "TrialRecord",
+    "Estimate", "History",
+    "InitStats", "Outcome", "ResultSummary", "RunRecord", "StopRecord", "StudyMetric",
+    "StudyRecord", "TrialRecord",
     "config_attrs", "finished_attrs", "finite_json", "load_existing_study", "set_attr",
-    "set_attrs", "study_metric",
+    "set_attrs", "stored_estimates", "study_metric",
 ]
 
 ATTR_CONFIG = "config"  # the resolved TrainConfig, as a dict

@@ -17,6 +17,7 @@ import torch
 
 from hpsearch.data import DataCache, DataDirs
 from hpsearch.devices import resolve_device
+from hpsearch.search.convergence import DEFAULT_MIN_TRIALS
 from hpsearch.search.registry import load_study
 from hpsearch.search.reports import OnProgress
 from hpsearch.search.settings import RunSettings, resolve_settings
@@ -47,6 +48,9 @@ class StudyOptions:
     compile: bool = False
     bf16: bool = False
     allow_mixed_precision: bool = False
+    # When to stop: Optuna's Terminator against the validation noise (search/convergence.py).
+    stop_when_converged: bool = False
+    stop_min_trials: int = DEFAULT_MIN_TRIALS
 
     def settings(self, *, cache_dir: Path, download: bool) -> RunSettings:
         """The study module named in `study`, resolved against these options, its data read
@@ -105,6 +109,8 @@ def run_study(
     worker = WorkerOptions(trials=run.budget, device=run.device, timeout=options.timeout,
                            sampler_seed=sampler_seed, population=options.population,
                            speed=options.speed,
-                           allow_mixed_precision=options.allow_mixed_precision)
+                           allow_mixed_precision=options.allow_mixed_precision,
+                           stop_when_converged=options.stop_when_converged,
+                           stop_min_trials=options.stop_min_trials)
     return run_worker(run.handle, run.settings, worker, on_trial=on_trial,
                       on_progress=on_progress, data=run.data)

@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
+from hpsearch.search.convergence import DEFAULT_MIN_TRIALS, ConvergenceWatch
 from hpsearch.search.liveness import recover_lost_trials
 from hpsearch.search.outcomes import COUNTED, ORDER, TAKEN_OVER, trial_outcome
 from hpsearch.search.record import ATTR_RUN, RunRecord, StudyRecord
@@ -66,7 +67,8 @@ class WorkerReport:
     study_name: str
     budget: int
     outcomes: list[TrialOutcome] = dataclasses.field(default_factory=list)
-    stopped: str = "budget"  # "budget", "timeout" or "interrupted"
+    stopped: str = "budget"  # "budget", "timeout", "converged" or "interrupted"
+    stop_reason: str | None = None  # why the study converged (`--stop-when-converged`)
     already_done: int = 0
     precision_note: str | None = None  # set when this worker mixes precisions on purpose
 
@@ -99,6 +101,10 @@ class WorkerOptions:
     speed: SpeedOptions = dataclasses.field(default_factory=SpeedOptions)
     allow_mixed_precision: bool = False
     poll_seconds: float = 1.0  # how often to look again while the last trials run elsewhere
+    # Ask Optuna's Terminator after each batch, from this many complete trials on, and stop
+    # starting trials once it finds the study converged (hpsearch.search.convergence).
+    stop_when_converged: bool = False
+    stop_min_trials: int = DEFAULT_MIN_TRIALS
 
     def check(self) -> None:
         if self.trials < 1:
@@ -155,9 +161,15 @@ class _Worker:
         report = WorkerReport(self.settings.study_name, options.trials,
                               already_done=budget_state(self.study).done, precision_note=mixed)
         deadline = time.monotonic() + options.timeout if options.timeout else None
+        watch = ConvergenceWatch(self.study, self.handle, metric=self.settings.spec.metric,
+                                 min_trials=options.stop_min_trials) \
+            if options.stop_when_converged else None  # off the path without the flag
         while True:
             if deadline is not None and time.monotonic() > deadline:
                 report.stopped = "timeout"
+                return report
+            if watch is not None and (reason := watch.stopped()) is not None:
+                report.stopped, report.stop_reason = "converged", reason
                 return report
             asked = self._ask_batch()
             if asked is None:
@@ -175,6 +187,8 @@ class _Worker:
                 report.stopped = "interrupted"
                 raise
             self._count(report, outcomes, on_trial)
+            if watch is not None:
+                watch.look()
 
     def _ask_batch(self) -> list[optuna.Trial] | None:
         """Up to `population` trials, fewer near the end of the budget; None once it is met."""
