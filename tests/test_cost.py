@@ -6,12 +6,14 @@ import datetime
 import re
 from typing import Any
 
+import optuna
 import pytest
 from click.testing import CliRunner
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.analysis.cost import cost_lines, cost_totals, device_kind
+from hpsearch.analysis.report import build_report
 from hpsearch.cli import main
 from hpsearch.search.outcomes import outcome_attrs
 from hpsearch.search.record import RunRecord, load_existing_study
@@ -120,3 +122,23 @@ def test_status_prints_the_cost_of_a_real_study(cli: CliRunner, sqlite_url: str,
     best = min(study.trials, key=lambda t: t.value or 1.0).number
     assert f"best so far reached at trial #{best} after" in result.output
     assert "convergence" not in study.user_attrs and "when to stop" not in result.output
+
+
+def test_the_report_draws_the_cost_curve_and_the_estimates_against_the_noise() -> None:
+    study = optuna.create_study()
+    study.add_trials([t for t in _study_trials() if t.state.is_finished()])
+    rows = [{"trial": 3, "complete": 2, "improvement": 0.05, "noise": 0.02, "seconds": 0.4},
+            {"trial": 7, "complete": 4, "improvement": 0.01, "noise": 0.02, "seconds": 0.3}]
+    study.set_user_attr("convergence", rows)
+    study.set_user_attr("stopped", {"reason": "converged for the test", **rows[1]})
+    page = build_report(study).html
+    cost = page[page.index("<h2>Cost</h2>"):page.index("<h2>When to stop</h2>")]
+    assert "<td>device time</td><td>42.0 s</td>" in cost
+    assert "<td>  failed trials</td><td>5.0 s</td>" in cost
+    assert "<td>not complete</td><td>14.0 s</td>" in cost
+    # The curve: each new best at the device time spent so far, then held to the total.
+    assert re.search(r'"x":\[10\.0,28\.0,42\.0,42\.0\],"y":\[0\.3,0\.2,0\.1,0\.1\]', cost), cost[-3000:]
+    stop = page[page.index("<h2>When to stop</h2>"):page.index("<h2>Best")]
+    assert re.search(r'"x":\[3,7\],"y":\[0\.05,0\.01\]', stop)
+    assert re.search(r'"x":\[3,7\],"y":\[0\.02,0\.02\]', stop)
+    assert "stopped starting trials: converged for the test" in stop

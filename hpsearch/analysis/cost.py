@@ -13,8 +13,10 @@ worker died); running and queued trials are not charged yet.
 from __future__ import annotations
 
 import dataclasses
+import html
 from collections.abc import Sequence
 
+import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.search.outcomes import COMPLETE, COUNTED, ORDER, trial_outcome
@@ -134,3 +136,35 @@ def cost_lines(totals: CostTotals) -> list[str]:
                      f"{describe_seconds(last.device_seconds)} of device time "
                      f"({len(totals.curve)} improvements)")
     return lines
+
+
+def cost_figure(totals: CostTotals, *, metric: str) -> go.Figure:
+    """Best value so far against cumulative device time: what each better config cost."""
+    curve = totals.curve
+    figure = go.Figure(go.Scatter(
+        x=[p.device_seconds for p in curve] + [totals.total],
+        y=[p.best for p in curve] + [curve[-1].best], mode="lines+markers", line_shape="hv",
+        text=[f"trial #{p.trial}" for p in curve] + ["now"], name=f"best {metric}",
+        hovertemplate="%{text}: %{y:.4g} after %{x:.1f} device-seconds<extra></extra>"))
+    figure.update_layout(title=f"Best {metric} so far against device time",
+                         xaxis_title="device-seconds (all ended trials)", yaxis_title=metric,
+                         height=450)
+    return figure
+
+
+def cost_section(totals: CostTotals, *, metric: str) -> str:
+    """The report's section: the totals as a table and, with a completed trial, the curve."""
+    if totals.ended == 0:
+        return ""
+    rows = [("device time", describe_seconds(totals.total)),
+            *((f"  on {kind}", describe_seconds(s)) for kind, s in totals.device_seconds.items()),
+            *((f"  {word} trials", describe_seconds(s)) for word, s in totals.by_outcome.items()),
+            ("not complete", describe_seconds(totals.lost)),
+            ("trials per hour", f"{totals.trials_per_hour:.0f}" if totals.trials_per_hour else "-")]
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    body = (cost_figure(totals, metric=metric).to_html(
+        full_html=False, include_plotlyjs=False, default_width="100%") if totals.curve else "")
+    return (f'<section class="figure"><h2>Cost</h2><table><tbody>{table}</tbody></table>\n{body}\n'
+            f'<p class="note">Device time is each ended trial\'s wall time (Optuna\'s start to '
+            f"end), shared among the trials of a stack; running trials are not counted yet.</p>"
+            "</section>")

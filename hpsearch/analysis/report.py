@@ -27,8 +27,10 @@ from optuna.distributions import CategoricalDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import hpsearch
+from hpsearch.analysis.cost import cost_section, cost_totals
 from hpsearch.analysis.figures import Figure, draw_figures, figure_html
 from hpsearch.analysis.question import Answer, answer_study
+from hpsearch.analysis.stopping import convergence_section
 from hpsearch.data import describe_data
 from hpsearch.search.outcomes import (
     COUNTED,
@@ -39,7 +41,13 @@ from hpsearch.search.outcomes import (
     outcome_reason,
     trial_outcome,
 )
-from hpsearch.search.record import ResultSummary, StudyRecord, study_metric
+from hpsearch.search.record import (
+    ResultSummary,
+    StopRecord,
+    StudyRecord,
+    stored_estimates,
+    study_metric,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +74,8 @@ def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
         answer.html(),
         _summary_section(study, trials, complete, metric=metric, storage_url=storage_url),
         _outcome_section(trials),
+        cost_section(cost_totals(trials, maximize=maximize), metric=metric),
+        convergence_section(stored_estimates(study), StopRecord.from_study(study)),
         _best_section(complete, metric=metric),
         _parameter_section(trials, complete, metric=metric, maximize=maximize),
         *(figure_html(f) for f in figures),

@@ -39,7 +39,7 @@ def convergence_figure(estimates: list[Estimate]) -> go.Figure:
     figure.add_trace(go.Scatter(x=trials, y=[e.noise for e in estimates], mode="lines",
                                 name="validation noise sqrt(e(1-e)/n)", line={"dash": "dash"}))
     figure.update_layout(title="What more trials could gain, against the noise",
-                         xaxis_title="trial", yaxis_title="metric", yaxis_type="log")
+                         xaxis_title="trial", yaxis_title="metric", yaxis_type="log", height=450)
     return figure
 
 
