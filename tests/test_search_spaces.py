@@ -137,6 +137,9 @@ SPACES: dict[str, list[Case]] = {
         tuned("adadelta", 1.0, rho=(0.95, floats(0.8, 0.99))),
     ],
     "quickstart": [Case({"lr": (5e-3, floats(1e-3, 1e-2, log=True))}, {"lr": 5e-3})],
+    "mlp_size": [Case(
+        {"depth": (3, ints(1, 3)), "width": (20, IntDistribution(2, 256, log=True))}, {"hidden": (20, 20, 20)}
+    )],
 }
 
 

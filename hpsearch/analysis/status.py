@@ -11,6 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.analysis.cost import CostTotals, cost_totals
 from hpsearch.data import DataSource
+from hpsearch.search.objectives import pareto_front
 from hpsearch.search.outcomes import (
     FAILED,
     INTERRUPTED,
@@ -54,6 +55,8 @@ class StudyStatus:
     cost: CostTotals | None = None  # device time, trials per hour, best value against cost
     estimates: list[Estimate] = dataclasses.field(default_factory=list)  # --stop-when-converged
     stopped: StopRecord | None = None  # why the study stopped starting trials, if it did
+    objectives: tuple[str, ...] = ()  # a multi-objective study's metrics (best is then None)
+    pareto: list[FrozenTrial] = dataclasses.field(default_factory=list)  # its Pareto front
 
 
 def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -> StudyStatus:
@@ -64,13 +67,14 @@ def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -
         if trial_outcome(t) in (FAILED, INTERRUPTED, LOST):
             reasons.setdefault(str(outcome_reason(t)), []).append(t.number)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = study.best_trial if complete else None
+    metric = study_metric(study)
+    best = study.best_trial if complete and not metric.multi_objective else None
     return StudyStatus(
         study_name=study.study_name,
         states=outcome_counts(trials),
         reasons=reasons,
         best=best,
-        metric=study_metric(study).name,
+        metric=metric.name,
         workers=_workers(trials, now),
         running=[t for t in trials if t.state == TrialState.RUNNING],
         data=StudyRecord.from_study(study).data,
@@ -78,6 +82,8 @@ def study_status(study: optuna.Study, *, now: datetime.datetime | None = None) -
         cost=cost_totals(trials, maximize=_maximize(study)),
         estimates=stored_estimates(study),
         stopped=StopRecord.from_study(study),
+        objectives=metric.names if metric.multi_objective else (),
+        pareto=pareto_front(study) if metric.multi_objective and complete else [],
     )
 
 

@@ -40,6 +40,7 @@ from hpsearch.cli.state import (
 from hpsearch.data import DataDirs, default_cache_dir, describe_data
 from hpsearch.devices import DEVICE_HELP, device_name, resolve_device
 from hpsearch.errors import DeviceError, HPSearchError, StudyError
+from hpsearch.search.objectives import format_value, pareto_front
 from hpsearch.search.outcomes import FAILED, describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.search.record import (
     ResultSummary,
@@ -198,7 +199,8 @@ for _command in ANALYSIS_COMMANDS:
 @click.argument("study_name")
 @storage_option
 def best_command(state: CliState, study_name: str) -> None:
-    """Print the best trial of STUDY_NAME and its full training config."""
+    """Print the best trial of STUDY_NAME and its full training config (the Pareto front of a
+    study with several objectives)."""
     study = load_existing_study(state.open_existing_storage(), study_name)
     _print_best(study, brief=False)
 
@@ -213,6 +215,9 @@ def _print_best(study: optuna.Study, *, brief: bool) -> None:
             f"study {study.study_name!r} has no completed trial yet"
             + (f"; failures: {'; '.join(sorted(reasons))}" if failed else "")
         )
+    if study_metric(study).multi_objective:
+        _print_front(study, len(completed), brief=brief)
+        return
     best = study.best_trial
     click.echo(f"best trial of {study.study_name}: #{best.number}, {metric} = {best.value:.6g}")
     click.echo(f"  parameters: {best.params}")
@@ -223,6 +228,21 @@ def _print_best(study: optuna.Study, *, brief: bool) -> None:
         result = record.result
         click.echo(f"trained {result.epochs_run} epochs (best epoch {result.best_epoch}) "
                    f"in {result.seconds} s, {result.n_params} parameters")
+
+def _print_front(study: optuna.Study, n_completed: int, *, brief: bool) -> None:
+    """A multi-objective study's answer: its Pareto front, one trial a line."""
+    metric = study_metric(study)
+    front = pareto_front(study)
+    objectives = ", ".join(f"{n} ({d})" for n, d in zip(metric.names, metric.directions))
+    click.echo(f"Pareto front of {study.study_name}: {len(front)} of {n_completed} completed "
+               f"trials, none beaten in every objective: {objectives}")
+    click.echo(f"{'trial':>7}" + "".join(f"{name:>14}" for name in metric.names) + "  parameters")
+    for t in front:
+        values = "".join(f"{format_value(n, v):>14}" for n, v in zip(metric.names, t.values))
+        click.echo(f"{'#' + str(t.number):>7}{values}  {t.params}")
+    if not brief:
+        click.echo(f"configs: hpsearch export {study.study_name} (the front), or --by METRIC --top K")
+
 
 @main.command("rerun")
 @click.argument("study_name")

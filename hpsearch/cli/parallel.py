@@ -179,6 +179,10 @@ def _print_status(status: StudyStatus) -> None:
         shown = ", ".join(f"#{n}" for n in numbers[:MAX_REASON_TRIALS])
         more = f" and {len(numbers) - MAX_REASON_TRIALS} more" if len(numbers) > MAX_REASON_TRIALS else ""
         click.echo(f"  {reason}: trial{'s' if len(numbers) > 1 else ''} {shown}{more}")
+    if status.objectives:
+        click.echo(f"Pareto front ({', '.join(status.objectives)}): {len(status.pareto)} trial(s)"
+                   + (f": {', '.join(f'#{t.number}' for t in status.pareto)}" if status.pareto
+                      else "") + f"; `hpsearch best {status.study_name}` lists them")
     if status.best is not None:
         click.echo(f"best: trial #{status.best.number}, {status.metric} = {status.best.value:.6g}, "
                    f"{status.best.params}")

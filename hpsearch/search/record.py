@@ -32,11 +32,9 @@ if TYPE_CHECKING:
 __all__ = [  # the run record's names are provenance's, the convergence ones convergence's
     "ATTR_CONFIG", "ATTR_CV", "ATTR_DATA", "ATTR_HISTORY", "ATTR_INIT_STATS", "ATTR_METRIC",
     "ATTR_OUTCOME", "ATTR_REASON", "ATTR_RESULT", "ATTR_RUN", "DEFAULT_METRIC", "CrossValRecord",
-    "Estimate", "History",
-    "InitStats", "Outcome", "ResultSummary", "RunRecord", "StopRecord", "StudyMetric",
-    "StudyRecord", "TrialRecord",
-    "config_attrs", "finished_attrs", "finite_json", "load_existing_study", "set_attr",
-    "set_attrs", "stored_estimates", "study_metric",
+    "Estimate", "History", "InitStats", "Outcome", "ResultSummary", "RunRecord", "StopRecord",
+    "StudyMetric", "StudyRecord", "TrialRecord", "config_attrs", "finished_attrs", "finite_json",
+    "load_existing_study", "set_attr", "set_attrs", "stored_estimates", "study_metric",
 ]
 
 ATTR_CONFIG = "config"  # the resolved TrainConfig, as a dict
@@ -53,12 +51,9 @@ DEFAULT_METRIC = "val_error"  # a study module's METRIC when it declares none
 
 
 def finite_json(value: Any) -> Any:
-    """`value` with every non-finite float (NaN, +-inf) as None.
-
-    Python's json writes them as bare `NaN` and `Infinity`, which is not JSON: PostgreSQL's
-    jsonb, JavaScript's JSON.parse and other strict readers reject the whole attribute. A
-    diverged trial's history holds them (the epoch whose loss overflowed).
-    """
+    """`value` with every non-finite float (NaN, +-inf) as None: Python's json writes them as
+    bare `NaN` and `Infinity`, which PostgreSQL's jsonb, JavaScript's JSON.parse and other strict
+    readers reject with the whole attribute (a diverged trial's history holds them)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -91,6 +86,7 @@ class StudyRecord:
     study_module: str | None = None
     dataset: str | None = None
     metric: str | None = None
+    objectives: list[str] | None = None  # a multi-objective study's metrics, in order
     epochs: int | None = None
     seed: int | None = None
     sampler: str | None = None
@@ -111,24 +107,31 @@ class StudyRecord:
 
 @dataclasses.dataclass(frozen=True)
 class StudyMetric:
-    """What a study's trial values are, and which way is better."""
+    """What a study's values are, which way is better: the first objective's, and all of them."""
 
     name: str
     direction: str  # "minimize" or "maximize"
+    names: tuple[str, ...] = ()
+    directions: tuple[str, ...] = ()
 
     @property
     def maximize(self) -> bool:
         return self.direction == "maximize"
 
+    @property
+    def multi_objective(self) -> bool:  # trials hold `values`; the answer is a Pareto front
+        return len(self.directions) > 1
+
 
 def study_metric(study: optuna.Study) -> StudyMetric:
-    """The one rule for a study's metric: the metric hpsearch stored on it, else the metric name
-    Optuna keeps (written first, so a study whose creator stopped midway has it), else "value"
-    (a study hpsearch did not create)."""
-    stored = StudyRecord.from_study(study).metric
-    names = study.metric_names
-    name = stored if isinstance(stored, str) else (names[0] if names else "value")
-    return StudyMetric(name=name, direction=study.direction.name.lower())
+    """The one rule for a study's metrics: those hpsearch stored, else the names Optuna keeps
+    (written first, so a creator stopped midway left them), else "value" (`value_0`, ...)."""
+    stored, directions = StudyRecord.from_study(study), tuple(d.name.lower() for d in study.directions)
+    names = [stored.metric] if len(directions) == 1 and isinstance(stored.metric, str) else (
+        stored.objectives or study.metric_names or [])
+    if len(names) != len(directions):
+        names = ["value"] if len(directions) == 1 else [f"value_{i}" for i in range(len(directions))]
+    return StudyMetric(str(names[0]), directions[0], tuple(map(str, names)), directions)
 
 
 def load_existing_study(handle: StorageHandle, study_name: str) -> optuna.Study:

@@ -26,9 +26,10 @@ from typing import Any, Literal
 import studies
 from hpsearch.config import TrainConfig
 from hpsearch.errors import ConfigError, StudyError, choices_hint
+from hpsearch.search.objectives import natural_direction, read_objectives
 from hpsearch.training import METRICS
 
-SAMPLERS = ("tpe", "random", "gp", "cmaes", "grid")
+SAMPLERS = ("tpe", "random", "gp", "cmaes", "grid", "nsga2", "nsga3")
 PRUNERS = ("median", "hyperband", "none")
 
 Suggest = Callable[[Any, TrainConfig], TrainConfig]
@@ -41,7 +42,7 @@ class StudySpec:
     suggest: Suggest
     base: TrainConfig
     datasets: tuple[str, ...]
-    metric: str
+    metric: str  # the first objective
     trials: int
     pruner: str
     sampler: str
@@ -50,10 +51,23 @@ class StudySpec:
     cv: int  # k of k-fold cross-validation on small data sets; 0: one validation split
     path: Path
     source_hash: str  # sha256 of the module file, recorded with every trial
+    objectives: tuple[str, ...] = ()  # every metric a trial is told, in order; () = (metric,)
 
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
         return "maximize" if METRICS[self.metric] else "minimize"
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return self.objectives or (self.metric,)
+
+    @property
+    def directions(self) -> list[Literal["minimize", "maximize"]]:
+        return [natural_direction(name) for name in self.metrics]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
 
     @property
     def default_dataset(self) -> str:
@@ -121,16 +135,18 @@ def _read_module(module: ModuleType, name: str, path: Path) -> StudySpec:
             f"study module {name!r} ({path}): TRIALS = {trials!r} must be a whole number of trials "
             "of at least 1, e.g. TRIALS = 20"
         )
-    metric = getattr(module, "METRIC", "val_error")
-    if not isinstance(metric, str) or metric not in METRICS:
-        raise StudyError(f"study module {name!r}: {choices_hint(metric, list(METRICS), 'metric')}")
+    objectives = _read_metrics(module, name)
+    metric = objectives[0]
     sampler = getattr(module, "SAMPLER", "tpe")
-    pruner = getattr(module, "PRUNER", "median")
+    # Optuna prunes no multi-objective trial, so such a module prunes with none by default.
+    pruner = getattr(module, "PRUNER", "median" if len(objectives) == 1 else "none")
     grid = getattr(module, "GRID", None)
     _check_choice(name, "SAMPLER", sampler, SAMPLERS)
     _check_choice(name, "PRUNER", pruner, PRUNERS)
     if sampler == "grid" and not grid:
         raise StudyError(f"study module {name!r}: SAMPLER = 'grid' needs GRID = {{param: [values]}}")
+    if len(objectives) > 1:
+        check_multi_objective(name, sampler=sampler, pruner=pruner, where="PRUNER")
     cv = getattr(module, "CV", 0)
     if not isinstance(cv, int) or isinstance(cv, bool) or cv < 0:
         raise StudyError(f"study module {name!r}: CV = {cv!r}; give the number of folds (e.g. "
@@ -151,7 +167,33 @@ def _read_module(module: ModuleType, name: str, path: Path) -> StudySpec:
         cv=cv,
         path=path,
         source_hash=hashlib.sha256(path.read_bytes()).hexdigest(),
+        objectives=objectives if len(objectives) > 1 else (),
     )
+
+
+def _read_metrics(module: ModuleType, name: str) -> tuple[str, ...]:
+    """The module's objectives: `METRICS` (several, with directions) or `METRIC` (one)."""
+    if hasattr(module, "METRICS"):
+        if hasattr(module, "METRIC"):
+            raise StudyError(f"study module {name!r} declares both METRIC and METRICS; keep one")
+        return read_objectives(name, module.METRICS)
+    metric = getattr(module, "METRIC", "val_error")
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise StudyError(f"study module {name!r}: {choices_hint(metric, list(METRICS), 'metric')}")
+    return (metric,)
+
+
+def check_multi_objective(study: str, *, sampler: str, pruner: str, where: str) -> None:
+    """Refuse what Optuna cannot do with several objectives: prune, or sample with CMA-ES."""
+    if pruner != "none":
+        raise StudyError(
+            f"study {study!r} has several objectives, and Optuna does not prune multi-objective "
+            f"trials (Trial.should_prune raises for them), so {where} {pruner!r} would never stop "
+            f"a trial; leave it out or give {where} none"
+        )
+    if sampler == "cmaes":
+        raise StudyError(f"study {study!r} has several objectives, which Optuna's CMA-ES sampler "
+                         "cannot search; use nsga2, nsga3, tpe, gp, random or grid")
 
 
 def _check_choice(study: str, field: str, value: str, valid: tuple[str, ...]) -> None:

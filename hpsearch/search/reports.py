@@ -35,6 +35,7 @@ class TrialOutcome:
     reason: str | None
     seconds: float
     error: bool = False  # failed by an exception (bad config, out of memory, a bug), not divergence
+    values: tuple[float, ...] = ()  # a completed trial's value of each objective (value: the first)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,4 +96,6 @@ def describe(outcome: TrialOutcome | Progress | None) -> str:
     if isinstance(outcome, Progress):  # the running trial
         return f"trial {outcome.trial}: {outcome.unit} {outcome.step}/{outcome.of}"
     value = f" {outcome.value:.4f}" if outcome.value is not None else ""
+    if len(outcome.values) > 1:  # a multi-objective trial: each objective's value
+        value = " " + ", ".join(f"{v:.4g}" for v in outcome.values)
     return f"trial {outcome.number} {outcome.outcome}{value}"

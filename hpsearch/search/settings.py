@@ -22,7 +22,7 @@ from hpsearch.data import (
     load_raw,
 )
 from hpsearch.errors import StudyError
-from hpsearch.search.registry import StudySpec
+from hpsearch.search.registry import StudySpec, check_multi_objective
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,9 @@ def resolve_settings(
     sampler = sampler or spec.sampler
     if sampler == "grid" and not spec.grid:
         raise StudyError(f"study {spec.name!r} declares no GRID, so --sampler grid cannot run it")
+    pruner = pruner or spec.pruner
+    if spec.multi_objective:
+        check_multi_objective(spec.name, sampler=sampler, pruner=pruner, where="--pruner")
     return RunSettings(
         spec=spec,
         study_name=study_name or default_study_name(spec, dataset),
@@ -75,7 +78,7 @@ def resolve_settings(
         epochs=epochs or spec.base.epochs,
         seed=seed,
         sampler=sampler,
-        pruner=pruner or spec.pruner,
+        pruner=pruner,
         data_dir=data_dir,
         cv=resolve_cv(spec, dataset, requested=cv, data_dir=data_dir),
         allow_other_data=allow_other_data,
@@ -125,6 +128,10 @@ def make_sampler(settings: RunSettings, *, seed: int | None) -> optuna.samplers.
         return optuna.samplers.GPSampler(seed=seed)
     if name == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if name == "nsga3":
+        return optuna.samplers.NSGAIIISampler(seed=seed)
     assert name == "grid" and settings.spec.grid
     # The seed shuffles the grid, and a trial's grid point is an index into that order: every
     # worker must share one order, or two workers' indices would name the same point.

@@ -49,7 +49,7 @@ def open_study(
             study = optuna.create_study(
                 storage=handle.storage,
                 study_name=settings.study_name,
-                direction=settings.spec.direction,
+                directions=settings.spec.directions,
                 sampler=make_sampler(settings, seed=sampler_seed),
                 pruner=make_pruner(settings),
                 load_if_exists=True,
@@ -114,6 +114,7 @@ def _settle_study_attrs(
                 f"{attrs[key]!r}, not {expected[key]!r}; resume it with {same} or start a new "
                 "one with --study-name NAME"
             )
+    _check_objectives(study, attrs, settings, where=where)
     check_resume(attrs, settings, where=where)
     missing = {key: value for key, value in expected.items() if key not in attrs}
     if not missing:
@@ -124,9 +125,28 @@ def _settle_study_attrs(
     if not study.metric_names:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([settings.spec.metric])  # the dashboard's label for the value
+            study.set_metric_names(list(settings.spec.metrics))  # the dashboard's labels
     for key, value in missing.items():
         study.set_user_attr(key, value)
+
+
+def _check_objectives(
+    study: optuna.Study, attrs: dict[str, Any], settings: RunSettings, *, where: str
+) -> None:
+    """Refuse to resume a study with other objectives: Optuna loads a stored study with its own
+    directions whatever `create_study` is given, and values of other metrics do not compare."""
+    directions = [d.name.lower() for d in study.directions]
+    stored, given = attrs.get("objectives"), study_attrs(settings).get("objectives")
+    if len(directions) == 1 and not settings.spec.multi_objective:
+        return  # a single-objective study: checked as before, by its module and settings
+    if directions == settings.spec.directions and stored in (None, given):
+        return
+    was = stored or attrs.get("metric") or f"{len(directions)} objective(s)"
+    raise StudyError(
+        f"{where} was created with metrics {was} ({', '.join(directions)}), not "
+        f"{list(settings.spec.metrics)} ({', '.join(settings.spec.directions)}); resume it with "
+        "a study module that declares the same METRICS or start a new study with --study-name NAME"
+    )
 
 
 # What a resume must repeat, and the option that sets it. Another epoch budget makes the trials
@@ -154,6 +174,8 @@ def study_attrs(settings: RunSettings) -> dict[str, Any]:
     """The settings a study of `settings` stores, in the order written (cv first)."""
     return StudyRecord(
         cv=settings.cv, study_module=settings.spec.name, dataset=settings.dataset,
-        metric=settings.spec.metric, epochs=settings.epochs, seed=settings.seed,
+        metric=settings.spec.metric,
+        objectives=list(settings.spec.metrics) if settings.spec.multi_objective else None,
+        epochs=settings.epochs, seed=settings.seed,
         sampler=settings.sampler, pruner=settings.pruner, source_hash=settings.spec.source_hash,
     ).to_attrs()

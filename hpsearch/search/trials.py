@@ -41,6 +41,7 @@ from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache, Splits
 from hpsearch.errors import HPSearchError, raise_if_interrupted
 from hpsearch.search.liveness import heartbeat
+from hpsearch.search.objectives import trial_values
 from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.outcomes import (
     FAILED,
@@ -225,6 +226,8 @@ def _step(run: _Run, member: _Member, value: float, step: int, *, of: int, unit:
     trial = member.trial
     if run.on_progress is not None:
         run.on_progress(Progress(trial.number, step, of, unit))
+    if run.settings.spec.multi_objective:
+        return False  # Optuna neither stores intermediate values nor prunes with several objectives
     try:
         trial.report(value, step)
     except optuna.exceptions.UpdateFinishedTrialError:
@@ -274,14 +277,15 @@ def _tell(
 ) -> TrialOutcome:
     """Store a member's result and outcome and tell Optuna: the one place a trial is told."""
     trial = member.trial
-    value = None
+    values = None
     if result is not None and state == TrialState.COMPLETE:
-        value = result.value if isinstance(result, CrossValResult) else result.final.metric(run.metric)
+        values = trial_values(result, run.settings.spec.metrics)  # one per objective
     try:
         _store_result(trial, result, outcome=outcome, reason=reason,
                       complete=state == TrialState.COMPLETE)
         # skip_if_finished: taken over between the attributes above and the tell.
-        told = run.study.tell(trial, value, state=state, skip_if_finished=True)
+        told = run.study.tell(trial, values[0] if values and len(values) == 1 else values,
+                              state=state, skip_if_finished=True)
     except optuna.exceptions.UpdateFinishedTrialError:
         return taken_over(trial)
     if told.state != state:
@@ -290,8 +294,9 @@ def _tell(
         logger.warning("trial %d %s: %s", trial.number, outcome, reason)
     else:
         logger.info("trial %d %s%s", trial.number, outcome, f": {reason}" if reason else "")
-    return TrialOutcome(number=trial.number, outcome=outcome, value=value, reason=reason,
-                        seconds=result.seconds if result else 0.0, error=error)
+    return TrialOutcome(number=trial.number, outcome=outcome, value=values[0] if values else None,
+                        reason=reason, seconds=result.seconds if result else 0.0, error=error,
+                        values=tuple(values or ()))
 
 
 def _store_result(trial: optuna.Trial, result: Result | None, *, outcome: str,

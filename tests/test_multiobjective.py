@@ -1,0 +1,139 @@
+"""Multi-objective studies: declared metrics, stored once, told together, answered by a Pareto
+front in `best`, `status`, `export`, `final`, the report and the dashboard."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+
+from hpsearch.cli import main
+from hpsearch.errors import StudyError
+from hpsearch.search.record import ResultSummary, StudyRecord, study_metric
+from hpsearch.search.registry import load_study
+from hpsearch.search.storage import open_storage
+
+TRIALS = 8
+
+
+@pytest.fixture(scope="module")
+def study_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The built-in `mlp_size` study on digits, 8 trials of 2 epochs (about 5 s)."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('multiobj') / 'mo.db'}"
+    result = CliRunner().invoke(main, ["run", "mlp_size", "--trials", str(TRIALS), "--epochs", "2",
+                                       "--storage", url, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "Pareto front of mlp_size" in result.output
+    return url
+
+
+def load(url: str) -> optuna.Study:
+    return optuna.load_study(study_name="mlp_size", storage=open_storage(url, heartbeat=None).storage)
+
+
+def non_dominated(trials: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """The trials no other trial is at least as good as in every objective and better in one
+    (every objective minimised), computed here by hand."""
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    return {t.number for t in trials if not any(dominates(o.values, t.values) for o in trials)}
+
+
+def test_the_study_stores_its_objectives_and_tells_every_value(study_url: str) -> None:
+    study = load(study_url)
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert study.metric_names == ["val_error", "n_params"]
+    record = StudyRecord.from_study(study)
+    assert record.objectives == ["val_error", "n_params"] and record.metric == "val_error"
+    assert record.pruner == "none"
+    metric = study_metric(study)
+    assert metric.multi_objective and metric.names == ("val_error", "n_params")
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == TRIALS
+    for t in trials:
+        result = ResultSummary.from_trial(t)
+        history = t.user_attrs["history"]["val_error"]
+        assert t.values == [history[result.best_epoch - 1], result.n_params]
+        assert result.epochs_run == 2  # no pruning: every trial trains all its epochs
+        assert t.intermediate_values == {}  # Optuna stores none with several objectives
+
+
+def test_best_prints_exactly_the_non_dominated_trials(study_url: str) -> None:
+    study = load(study_url)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    expected = non_dominated(trials)
+    assert 0 < len(expected) < TRIALS  # some trials are dominated, so the check means something
+    result = CliRunner().invoke(main, ["best", "mlp_size", "--storage", study_url])
+    assert result.exit_code == 0, result.output
+    printed = [int(n) for n in re.findall(r"^\s+#(\d+)\s", result.output, flags=re.MULTILINE)]
+    assert set(printed) == expected and len(printed) == len(expected)
+    by_number = {t.number: t for t in trials}
+    assert [by_number[n].values[0] for n in printed] == sorted(by_number[n].values[0] for n in printed)
+    assert f"{len(expected)} of {TRIALS} completed trials" in result.output
+    status = CliRunner().invoke(main, ["status", "mlp_size", "--storage", study_url])
+    assert status.exit_code == 0, status.output
+    assert f"Pareto front (val_error, n_params): {len(expected)} trial(s)" in status.output
+    assert "best: trial" not in status.output
+
+
+def test_a_pruner_request_is_refused_with_the_reason(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'p.db'}"
+    result = CliRunner().invoke(main, ["run", "mlp_size", "--pruner", "median", "--trials", "1",
+                                       "--storage", url])
+    assert result.exit_code == 1
+    assert "Optuna does not prune multi-objective trials" in result.output
+    assert "--pruner 'median' would never stop a trial" in result.output
+    assert not (tmp_path / "p.db").exists()  # refused before anything was stored
+
+
+def _module(path: Path, metrics: str, extra: str = "") -> Path:
+    path.write_text(f'''"""A tiny size study."""
+from hpsearch.config import TrainConfig
+BASE = TrainConfig(dataset="digits", hidden=(4,), epochs=1)
+{metrics}
+{extra}
+def suggest(trial, base):
+    return base.replace(hidden=(trial.suggest_int("width", 2, 8),))
+''')
+    return path
+
+
+@pytest.mark.parametrize("declared,message", [
+    ('METRICS = {"val_error": "maximize"}', "val_error is better smaller; declare it 'minimize'"),
+    ('METRICS = {"val_error": "minimize", "size": "minimize"}', "unknown metric 'size'"),
+    ('METRICS = ["val_error", "n_params"]', "must map each metric to its direction"),
+    ('METRICS = {"val_error": "down"}', "give 'minimize' or 'maximize'"),
+    ('METRIC = "val_error"\nMETRICS = {"val_error": "minimize"}', "both METRIC and METRICS"),
+    ('METRICS = {"val_error": "minimize", "n_params": "minimize"}\nPRUNER = "median"',
+     "Optuna does not prune multi-objective trials"),
+    ('METRICS = {"val_error": "minimize", "n_params": "minimize"}\nSAMPLER = "cmaes"',
+     "CMA-ES sampler cannot search"),
+])
+def test_bad_metric_declarations_are_named(tmp_path: Path, declared: str, message: str) -> None:
+    with pytest.raises(StudyError, match=re.escape(message)):
+        load_study(str(_module(tmp_path / "size.py", declared)))
+
+
+def test_a_resume_with_other_metrics_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    module = _module(tmp_path / "size.py", 'METRICS = {"val_error": "minimize", "n_params": "minimize"}')
+    run = ["run", str(module), "--storage", url, "--device", "cpu", "--trials"]
+    first = CliRunner().invoke(main, [*run, "1"])
+    assert first.exit_code == 0, first.output
+    _module(module, 'METRICS = {"val_error": "minimize", "epoch_seconds": "minimize"}')
+    other = CliRunner().invoke(main, [*run, "2"])
+    assert other.exit_code == 1
+    assert ("was created with metrics ['val_error', 'n_params'] (minimize, minimize), not "
+            "['val_error', 'epoch_seconds']") in other.output
+    _module(module, 'METRIC = "val_error"')
+    single = CliRunner().invoke(main, [*run, "2"])
+    assert single.exit_code == 1 and "not ['val_error'] (minimize)" in single.output
+    _module(module, 'METRICS = {"val_error": "minimize", "n_params": "minimize"}')
+    same = CliRunner().invoke(main, [*run, "2"])
+    assert same.exit_code == 0, same.output
+    values = [t.values for t in optuna.load_study(study_name="size", storage=url).trials]
+    assert len(values) == 2 and all(len(v) == 2 for v in values)
