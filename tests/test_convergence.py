@@ -115,7 +115,9 @@ def test_a_study_still_improving_faster_than_the_noise_runs_its_whole_budget(
     assert max(best) - min(best) > 5 * estimates[-1].noise  # values far apart: not noise
 
 
-def test_stop_when_converged_is_refused_where_it_has_no_meaning(journal_url: str) -> None:
+def test_stop_when_converged_is_refused_where_it_has_no_meaning(
+    journal_url: str, tmp_path: Path, cli: CliRunner,
+) -> None:
     handle = open_storage(journal_url)
     two = optuna.create_study(directions=["minimize", "minimize"], storage=handle.storage,
                               study_name="two")
@@ -124,3 +126,10 @@ def test_stop_when_converged_is_refused_where_it_has_no_meaning(journal_url: str
     one = optuna.create_study(storage=handle.storage, study_name="one")
     with pytest.raises(StudyError, match="'val_loss'.*val_error or val_accuracy"):
         ConvergenceWatch(one, handle, metric="val_loss", min_trials=10)
+    module = tmp_path / "by_loss.py"
+    module.write_text(STILL_IMPROVING + 'METRIC = "val_loss"\n')
+    launched = cli.invoke(main, ["launch", str(module), "--workers", "2", "--stop-when-converged",
+                                 "--storage", journal_url])
+    assert launched.exit_code == 1 and "metric is 'val_loss'" in launched.output, launched.output
+    assert "launching" not in launched.output  # refused once, before any worker started
+    assert optuna.load_study(study_name="by_loss", storage=handle.storage).trials == []

@@ -26,6 +26,7 @@ from hpsearch.cli.state import CliState, storage_option
 from hpsearch.data import DataCache, describe_data
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StorageError
+from hpsearch.search.convergence import ConvergenceWatch
 from hpsearch.search.launch import launch, plan_workers
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.search.record import RunRecord, load_existing_study
@@ -142,6 +143,9 @@ def _create_study(
     # Refuse a precision the study does not keep here, once, not in each worker.
     check_precision(study, options.speed,
                     allow_mixed=options.allow_mixed_precision)
+    if options.stop_when_converged:  # and --stop-when-converged where it has no meaning
+        ConvergenceWatch(study, handle, metric=settings.spec.metric,
+                         min_trials=options.stop_min_trials)
     return handle, study.study_name
 
 
