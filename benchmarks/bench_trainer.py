@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import dataclasses
+import functools
 import gzip
 import logging
 import shutil
@@ -37,12 +39,13 @@ from torch import nn
 from hpsearch.config import TrainConfig
 from hpsearch.data import RawData, Split, Splits, load_raw, make_splits, register_dataset
 from hpsearch.devices import resolve_device
+from hpsearch.search import worker
 from hpsearch.search.optuna_private import TRIAL_SUGGEST
 from hpsearch.search.registry import load_study
 from hpsearch.search.settings import resolve_settings
 from hpsearch.search.storage import open_storage
 from hpsearch.search.worker import WorkerOptions, run_worker
-from hpsearch.training import SpeedOptions, build_model, train, train_population
+from hpsearch.training import SpeedOptions, build_model, many, train, train_population
 
 HINTON = TrainConfig(dataset="fashion-mnist", hidden=(500, 300), optimizer="adam", lr=1e-3,
                      batch_size=100, epochs=20)
@@ -210,30 +213,63 @@ def _sync(device: torch.device) -> None:
 # --- (d) whole studies with storage ----------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _optuna_timer() -> Iterator[dict[str, list[float]]]:
-    """Seconds spent in each Optuna call the workers make, by name."""
-    spent: dict[str, list[float]] = collections.defaultdict(list)
-    targets = [(optuna.Study, "ask"), (optuna.Trial, TRIAL_SUGGEST), (optuna.Trial, "set_user_attr"),
-               (optuna.Trial, "report"), (optuna.Trial, "should_prune"), (optuna.Study, "tell")]
-    originals = [(cls, name, getattr(cls, name)) for cls, name in targets]
+# What a study's wall time goes to, per trial. Each category is the time inside the calls listed
+# for it, less the time in calls of another category nested inside them (a `report` inside
+# `train` counts as Optuna's); "else" is the rest: hpsearch's own work around the trials.
+OPTUNA_CALLS = ((optuna.Study, "ask"), (optuna.Trial, TRIAL_SUGGEST), (optuna.Trial, "set_user_attr"),
+                (optuna.Trial, "report"), (optuna.Trial, "should_prune"), (optuna.Study, "tell"))
+SPLIT = {
+    "training": ((many, "train"), (many, "train_population")),  # model, optimizer, epochs
+    "set-up": ((worker._Worker, "__init__"), (worker, "check_precision")),  # data, study: once
+}
 
-    def wrap(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+
+@dataclasses.dataclass
+class StudyTimes:
+    """Seconds spent in each timed call (by name) and in each category, over one study."""
+
+    calls: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
+    split: dict[str, float] = dataclasses.field(default_factory=lambda: collections.defaultdict(float))
+
+    def per_trial(self, elapsed: float, trials: int) -> dict[str, float]:
+        """Seconds per trial: training, Optuna calls, one-time set-up, everything else."""
+        parts = {name: self.split[name] for name in ("training", "optuna", "set-up")}
+        return {name: s / trials for name, s in {**parts, "else": elapsed - sum(parts.values())}.items()}
+
+
+@contextlib.contextmanager
+def _study_timer() -> Iterator[StudyTimes]:
+    """Time the calls of OPTUNA_CALLS and SPLIT while a study runs, exclusive of nested ones."""
+    times = StudyTimes()
+    nested: list[float] = []  # per open timed call: seconds of timed calls inside it so far
+    targets = [(owner, name, "optuna") for owner, name in OPTUNA_CALLS]
+    targets += [(owner, name, part) for part, calls in SPLIT.items() for owner, name in calls]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
+
+    def wrap(name: str, part: str, fn: Callable[..., object]) -> Callable[..., object]:
+        @functools.wraps(fn)
         def timed(*a: object, **kw: object) -> object:
             started = time.perf_counter()
+            nested.append(0.0)
             try:
                 return fn(*a, **kw)
             finally:
-                spent[name].append(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                own = elapsed - nested.pop()
+                if nested:
+                    nested[-1] += elapsed
+                times.split[part] += own
+                if part == "optuna":
+                    times.calls[name] += own
         return timed
 
-    for cls, name, fn in originals:
-        setattr(cls, name, wrap(name, fn))
+    for owner, name, part in targets:
+        setattr(owner, name, wrap(name, part, getattr(owner, name)))
     try:
-        yield spent
+        yield times
     finally:
-        for cls, name, fn in originals:
-            setattr(cls, name, fn)
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
 
 
 def _studies(args: argparse.Namespace, raw_root: Path, device: torch.device,
@@ -253,6 +289,7 @@ def _studies(args: argparse.Namespace, raw_root: Path, device: torch.device,
     population = max(int(s) for s in args.population_sizes.split(","))
     print(f"\n(d) studies of {args.trials} trials on {dataset}, SQLite storage, random sampler, "
           "no pruner")
+    splits: list[tuple[str, float, dict[str, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for study, k in (("hinton_mlp", 1), ("hinton_mlp", population), ("mnist_mlp", 1),
                          ("mnist_mlp", population)):
@@ -261,7 +298,7 @@ def _studies(args: argparse.Namespace, raw_root: Path, device: torch.device,
                                         epochs=args.epochs, sampler="random", pruner="none",
                                         data_dir=raw_root)
             handle = open_storage(f"sqlite:///{tmp}/{study}-{k}.db")
-            with _optuna_timer() as spent:
+            with _study_timer() as times:
                 started = time.perf_counter()
                 report = run_worker(handle, settings, WorkerOptions(
                     trials=args.trials, population=k, device=device, sampler_seed=0))
@@ -270,10 +307,16 @@ def _studies(args: argparse.Namespace, raw_root: Path, device: torch.device,
             best = 1 - min(values) if values else None
             label = f"(d) study {study}, " + ("one trial at a time" if k == 1 else f"--population {k}")
             rows.append((label + " (acc: best)", elapsed / args.trials, best))
-            calls = ", ".join(f"{name} {1000 * sum(t) / args.trials:.1f}" for name, t in spent.items())
-            total = sum(sum(t) for t in spent.values())
+            splits.append((label, elapsed / args.trials, times.per_trial(elapsed, args.trials)))
+            calls = ", ".join(f"{name} {1000 * s / args.trials:.1f}" for name, s in times.calls.items())
             print(f"  {label}: {elapsed / args.trials:.3f} s/trial; Optuna calls "
-                  f"{1000 * total / args.trials:.1f} ms/trial ({calls})", flush=True)
+                  f"{1000 * times.split['optuna'] / args.trials:.1f} ms/trial ({calls})", flush=True)
+    print(f"\n{'(d) per trial, ms':<44} {'total':>7} {'training':>9} {'Optuna':>7} {'set-up':>7} "
+          f"{'else':>6}")
+    for label, total, split in splits:
+        print(f"{label[4:]:<44} {1000 * total:>7.0f} " + " ".join(
+            f"{1000 * split[part]:>{width}.0f}" for part, width in (
+                ("training", 9), ("optuna", 7), ("set-up", 7), ("else", 6))))
 
 
 if __name__ == "__main__":
