@@ -13,8 +13,9 @@ Each estimate is stored on the study (user attribute `convergence`, one entry pe
 appended under the study's lock) and the decision to stop too (`stopped`), so every worker of
 the study stops, and `status` and the report show the estimate against the noise over the trials.
 
-Optuna 4.9 deprecated `optuna.terminator` (removal planned for 6.0; pyproject keeps optuna<6)
-and marks its evaluators experimental: both warnings are silenced here, where they are expected.
+Optuna 4.9 deprecated `optuna.terminator` (removal planned for 6.0) and marks its evaluators
+experimental: search/terminator.py asks it, silences both warnings, and is imported only with
+`--stop-when-converged`, which says what to install if it is gone.
 """
 
 from __future__ import annotations
@@ -22,20 +23,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
-import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.study import StudyDirection
-from optuna.terminator import (
-    BaseErrorEvaluator,
-    BaseImprovementEvaluator,
-    RegretBoundEvaluator,
-    Terminator,
-)
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from hpsearch.errors import StudyError
 from hpsearch.search.provenance import RunRecord, as_mapping
@@ -120,64 +112,14 @@ def binomial_noise(value: float, n: int, *, accuracy: bool) -> float:
     return math.sqrt(error * (1.0 - error) / n)
 
 
-class BinomialErrorEvaluator(BaseErrorEvaluator):
-    """The Terminator's error: the binomial standard error of the best trial's validation value."""
-
-    def __init__(self, metric: str) -> None:
-        if metric not in PROPORTIONS:
-            raise StudyError(
-                f"--stop-when-converged compares the room left against the binomial noise of a "
-                f"proportion of validation examples, and this study's metric is {metric!r}; it "
-                f"works with {' or '.join(PROPORTIONS)}: leave out --stop-when-converged")
-        self.accuracy = PROPORTIONS[metric]
-
-    def evaluate(self, trials: list[FrozenTrial], study_direction: StudyDirection) -> float:
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        sign = -1.0 if study_direction == StudyDirection.MAXIMIZE else 1.0
-        best = min(complete, key=lambda t: sign * t.value)  # type: ignore[operator]
-        n = validation_size(best)
-        if n is None:
-            raise StudyError(f"trial {best.number} has no stored validation size (run.data); "
-                             "--stop-when-converged needs it to tell the noise")
-        assert best.value is not None
-        return binomial_noise(best.value, n, accuracy=self.accuracy)
-
-
-class _Kept(BaseImprovementEvaluator, BaseErrorEvaluator):
-    """An evaluator that keeps what it returned, so the Terminator's numbers can be stored."""
-
-    def __init__(self, inner: BaseImprovementEvaluator | BaseErrorEvaluator) -> None:
-        self.inner = inner
-        self.value: float | None = None
-
-    def evaluate(self, trials: list[FrozenTrial], study_direction: StudyDirection) -> float:
-        self.value = float(self.inner.evaluate(trials, study_direction))
-        return self.value
-
-
-def estimate(study: optuna.Study, *, metric: str, min_trials: int) -> Estimate | None:
-    """Ask Optuna's Terminator about `study`; None while it has fewer than `min_trials` complete
-    trials (the Terminator does not look then) or when no bound can be fitted (logged)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # the module's deprecation, see above
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        trials = study.get_trials(deepcopy=False)
-        complete = sum(t.state == TrialState.COMPLETE for t in trials)
-        improvement = _Kept(RegretBoundEvaluator(seed=complete))  # repeatable for a given study
-        noise = _Kept(BinomialErrorEvaluator(metric))
-        terminator = Terminator(improvement_evaluator=improvement, error_evaluator=noise,
-                                min_n_trials=min_trials)
-        started = time.perf_counter()
-        try:
-            terminator.should_terminate(study)
-        except ValueError as e:  # e.g. no searched parameter in common: no bound to fit
-            logger.warning("no convergence estimate for %s: %s", study.study_name, e)
-            return None
-    if improvement.value is None or noise.value is None:
-        return None
-    last = max((t.number for t in trials if t.state.is_finished()), default=-1)
-    return Estimate(trial=last, complete=complete, improvement=improvement.value,
-                    noise=noise.value, seconds=time.perf_counter() - started)
+def check_metric(metric: str) -> bool:
+    """Whether the metric is an accuracy (else an error); StudyError if it is no proportion."""
+    if metric not in PROPORTIONS:
+        raise StudyError(
+            f"--stop-when-converged compares the room left against the binomial noise of a "
+            f"proportion of validation examples, and this study's metric is {metric!r}; it "
+            f"works with {' or '.join(PROPORTIONS)}: leave out --stop-when-converged")
+    return PROPORTIONS[metric]
 
 
 def stop_reason(found: Estimate) -> str:
@@ -201,7 +143,15 @@ class ConvergenceWatch:
     def __init__(self, study: optuna.Study, handle: StorageHandle, *, metric: str,
                  min_trials: int) -> None:
         check_multi_objective(study)
-        BinomialErrorEvaluator(metric)  # refuses a metric that is not a proportion, before a trial
+        check_metric(metric)  # before the first trial
+        try:
+            from hpsearch.search import terminator
+        except ImportError as e:
+            raise StudyError(
+                f"--stop-when-converged needs optuna.terminator, which this Optuna "
+                f"({optuna.__version__}) lacks ({e}); install optuna>=5,<6 or leave out the flag"
+            ) from e
+        self.estimate = terminator.estimate
         self.study, self.handle, self.metric, self.min_trials = study, handle, metric, min_trials
 
     def stopped(self) -> str | None:
@@ -211,7 +161,7 @@ class ConvergenceWatch:
 
     def look(self) -> Estimate | None:
         """Estimate now; store it, and the stop when it says so (the next `stopped` sees it)."""
-        found = estimate(self.study, metric=self.metric, min_trials=self.min_trials)
+        found = self.estimate(self.study, metric=self.metric, min_trials=self.min_trials)
         if found is None:
             return None
         logger.info("convergence after trial %d: improvement %.4g, noise %.4g (%.2f s)",
