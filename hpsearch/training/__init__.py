@@ -10,11 +10,13 @@ import from this package only, never from its modules, so the modules can change
                                stacked_forward (torch.func vmap, or baddbmm for plain MLPs)
 
 models (architectures, seeded init, Dropout), optim (optimizers, the pure learning_rate),
-losses, results (EpochRecord, Evaluation, TrainResult), speed (SpeedOptions), crossval.
+losses, results (EpochRecord, Evaluation, TrainResult), speed (SpeedOptions), crossval,
+checkpoint (the file a single run saves after each epoch and resumes from: RunCheckpoint).
 """
 
 from __future__ import annotations
 
+from hpsearch.training.checkpoint import CheckpointFile, RunCheckpoint
 from hpsearch.training.crossval import CrossValResult, train_folds
 from hpsearch.training.eager import evaluate, train
 from hpsearch.training.many import RunInfo, train_many
@@ -36,9 +38,11 @@ __all__ = [
     "ACTIVATION_LAYERS",
     "METRICS",
     "STOP_REASONS",
+    "CheckpointFile",
     "CrossValResult",
     "EpochRecord",
     "Evaluation",
+    "RunCheckpoint",
     "RunInfo",
     "SpeedOptions",
     "StackedOptimizer",

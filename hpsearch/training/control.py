@@ -5,6 +5,13 @@ An engine (`eager.EagerEngine`: one `nn.Module`; `stacked.StackedEngine`: K memb
 learning rate of each epoch, divergence, the epoch record, early and target stopping, the best
 epoch and its weights, pruning through `on_epoch`, and the `TrainResult`. A member that stops
 leaves its engine (which then trains the others on) and ends with its result.
+
+A run given a `RunCheckpoint` (a single run: the eager engine, which is `Resumable`) saves, after
+each epoch it trains on from, its engine's state (weights, optimizer, generators) with its own
+(history, best epoch, loss and weights, which hold the stopping rules' state) and the epoch; the
+schedule needs nothing more, since an epoch's learning rate is a function of its number. It
+starts from the epoch after the one its checkpoint holds, or from epoch 1 when there is none
+that serves.
 """
 
 from __future__ import annotations
@@ -15,13 +22,14 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from hpsearch.config import TrainConfig
 from hpsearch.data import Split
+from hpsearch.training.checkpoint import CheckpointError, RunCheckpoint
 from hpsearch.training.models import count_parameters
 from hpsearch.training.optim import learning_rate
 from hpsearch.training.results import EpochRecord, Evaluation, OnMemberEpoch, TrainResult
@@ -73,6 +81,17 @@ class Engine(Protocol):
         """Go on with these rows only (in this order); the others have finished."""
 
 
+@runtime_checkable
+class Resumable(Protocol):
+    """An engine whose state can be saved and restored (the eager engine)."""
+
+    def state(self) -> dict[str, Any]:
+        """Everything the next epoch depends on: weights, optimizer, generators."""
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Take `state` back; checks it all before it changes anything (CheckpointError)."""
+
+
 @dataclasses.dataclass
 class Member:
     index: int  # position in the caller's list of configs
@@ -113,6 +132,21 @@ class Member:
             self.stop_reason = "stopped"
         return self.stop_reason == "epochs" and epoch < config.epochs
 
+    def state(self) -> dict[str, Any]:
+        assert self.stop_reason == "epochs" and self.failure is None  # saved only while training
+        return {"history": [dataclasses.asdict(r) for r in self.history],
+                "best_epoch": self.best_epoch, "best_loss": self.best_loss,
+                "best_state": self.best_state}
+
+    def restored(self, state: dict[str, Any]) -> Member:
+        """A copy of this (fresh) member with a saved `state`; raises on a malformed one."""
+        history = [EpochRecord(**r) for r in state["history"]]
+        if [r.epoch for r in history] != list(range(1, len(history) + 1)):
+            raise CheckpointError(f"its history has epochs {[r.epoch for r in history]}")
+        return dataclasses.replace(self, history=history, best_epoch=int(state["best_epoch"]),
+                                   best_loss=float(state["best_loss"]),
+                                   best_state=state["best_state"])
+
     def result(self) -> TrainResult:
         assert self.model is not None
         return TrainResult(
@@ -130,15 +164,21 @@ class Member:
 def run(
     engine: Engine, configs: Sequence[TrainConfig], *, val: Split | None,
     on_epoch: OnMemberEpoch | None = None, started: float | None = None,
+    checkpoint: RunCheckpoint | None = None,
 ) -> list[TrainResult]:
     """Train every member to its end; results in the configs' order.
 
     The members share the number of epochs (a stack's key holds it); each has its own schedule,
     stopping rule and pruning. An epoch reads values back to the host once for training losses
-    and once for the evaluation, for all members together.
+    and once for the evaluation, for all members together. `checkpoint` (a single run only)
+    resumes the run from its last saved epoch and saves it after each epoch it trains on from.
     """
     started = time.perf_counter() if started is None else started
     members = [Member(i, c) for i, c in enumerate(configs)]
+    first = 1
+    if checkpoint is not None:
+        assert len(members) == 1 and isinstance(engine, Resumable)
+        members[0], first, started = _resume(engine, members[0], checkpoint, started)
     live = list(members)
 
     def leave(rows: list[int]) -> None:
@@ -153,7 +193,7 @@ def run(
             engine.keep(kept)
         live = [live[r] for r in kept]
 
-    for epoch in range(1, configs[0].epochs + 1):
+    for epoch in range(first, configs[0].epochs + 1):
         lrs = [learning_rate(m.config, epoch) for m in live]
         losses = engine.train_epoch(lrs)
         diverged = [row for row, loss in enumerate(losses) if not math.isfinite(loss)]
@@ -175,7 +215,35 @@ def run(
         leave(stopping)
         if not live:
             break
+        if checkpoint is not None:
+            assert isinstance(engine, Resumable)
+            checkpoint.save(live[0].config, {
+                "epoch": epoch, "elapsed": time.perf_counter() - started,
+                "member": live[0].state(), "engine": engine.state()})
     return [m.result() for m in members]
+
+
+def _resume(engine: Resumable, member: Member, checkpoint: RunCheckpoint,
+            started: float) -> tuple[Member, int, float]:
+    """The member restored from its newest usable checkpoint, the epoch to go on from and the
+    start time moved back by the time already trained; the fresh member, 1, `started` if none."""
+    loaded = checkpoint.load(member.config)
+    if loaded is None:
+        return member, 1, started
+    source, state = loaded
+    try:
+        epoch = int(state["epoch"])
+        restored = member.restored(state["member"])  # changes nothing: a copy
+        if len(restored.history) != epoch or not 1 <= epoch < member.config.epochs:
+            raise CheckpointError(f"it holds {len(restored.history)} epochs as epoch {epoch}")
+        engine.restore(state["engine"])  # the last step; checks everything before it applies
+    except (CheckpointError, KeyError, TypeError, ValueError) as e:
+        logger.warning("checkpoint %s ignored: %s; the run starts from epoch 1", source.path, e)
+        return member, 1, started
+    logger.info("resuming from epoch %d of %s", epoch, source.path)
+    if checkpoint.on_resume is not None:
+        checkpoint.on_resume(source, restored.history)
+    return restored, epoch + 1, started - float(state["elapsed"])
 
 
 def _record(epoch: int, train_loss: float, val: Evaluation | None, lr: float,

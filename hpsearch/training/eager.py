@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from hpsearch.config import TrainConfig
 from hpsearch.data import Split, Splits
 from hpsearch.errors import ConfigError
 from hpsearch.training import augment, control
+from hpsearch.training.checkpoint import CheckpointError, RunCheckpoint
 from hpsearch.training.losses import compute_loss, l1_penalty
 from hpsearch.training.models import ACTIVATION_LAYERS, build_model, set_dropout_generator
 from hpsearch.training.optim import build_optimizer
@@ -103,6 +105,29 @@ class EagerEngine:
     def keep(self, rows: list[int]) -> None:
         raise AssertionError("a single run has no other member to keep")
 
+    def state(self) -> dict[str, Any]:
+        g = self.generators
+        # On the CPU `dropout` is `init` itself; saved twice, restored twice, the same state.
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generators": {"init": g.init.get_state(), "order": g.order.get_state(),
+                               "dropout": g.dropout.get_state()}}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        weights, generators = state["model"], state["generators"]
+        own = self.model.state_dict()
+        if list(weights) != list(own) or any(
+                weights[k].shape != v.shape or weights[k].dtype != v.dtype for k, v in own.items()):
+            raise CheckpointError("its weights do not fit this model")
+        for name in ("init", "order", "dropout"):
+            mine = getattr(self.generators, name).get_state()
+            if generators[name].shape != mine.shape or generators[name].dtype != mine.dtype:
+                raise CheckpointError(f"its {name} generator state does not fit")
+        # load_state_dict checks the groups before it changes anything; then nothing can fail.
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.model.load_state_dict(weights)
+        for name in ("init", "order", "dropout"):
+            getattr(self.generators, name).set_state(generators[name])
+
 
 def train(
     config: TrainConfig,
@@ -113,8 +138,10 @@ def train(
     evaluate_test: bool = False,
     record_init_stats: bool = False,
     speed: SpeedOptions | None = None,
+    checkpoint: RunCheckpoint | None = None,
 ) -> TrainResult:
-    """Train one model as `config` says and return its history and outcome."""
+    """Train one model as `config` says and return its history and outcome; with `checkpoint`,
+    resume from the newest usable saved state and save after every epoch but the last."""
     check_splits([config], data)
     if evaluate_test and data.test is None:
         raise ConfigError("evaluate_test=True needs splits made with final=True")
@@ -122,14 +149,17 @@ def train(
     engine = EagerEngine(config, data, device=device, speed=speed or SpeedOptions())
     init_stats = init_statistics(engine.model, config, data.train) if record_init_stats else None
     member_epoch = None if on_epoch is None else (lambda _index, record: on_epoch(record))
-    result, = control.run(engine, [config], val=data.val, on_epoch=member_epoch, started=started)
+    result, = control.run(engine, [config], val=data.val, on_epoch=member_epoch, started=started,
+                          checkpoint=checkpoint)
+    trained = time.perf_counter()
     test = None
     if evaluate_test and result.failure is None:
         assert data.test is not None
         test = evaluate(engine.model, data.test, config.loss, data.num_classes,
                         keep_predictions=True)
+    # result.seconds counts the epochs a resumed run did before its checkpoint too.
     return dataclasses.replace(result, test=test, init_stats=init_stats,
-                               seconds=time.perf_counter() - started)
+                               seconds=result.seconds + time.perf_counter() - trained)
 
 
 def _eval_batch_size(model: nn.Module) -> int:

@@ -3,6 +3,14 @@
 This is where configs are grouped by what can train as one stacked computation; the search layer
 hands over the configs of a batch of trials and gets one result (or the error that ended it)
 per config, in order.
+
+Checkpoints (`checkpoints`) are kept for members that train alone; a stack saves none, and a
+member with a checkpoint to resume from trains alone, from it. A stack killed midway is
+therefore trained again from its first epoch: its members come back as separate queued trials,
+which the next workers ask for among new ones and stack in other company, so a member's row of
+a stack (its part of the shared optimizer step count included) would have no stack to go back
+into; and a stacked member equals its single run only up to rounding, so it could not go on
+alone from that row exactly either.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import torch
 from hpsearch.config import TrainConfig
 from hpsearch.data import Splits
 from hpsearch.errors import raise_if_interrupted
+from hpsearch.training.checkpoint import RunCheckpoint
 from hpsearch.training.eager import train
 from hpsearch.training.results import EpochRecord, TrainResult
 from hpsearch.training.speed import SpeedOptions
@@ -36,6 +45,7 @@ class RunInfo:
 SplitsFor = Callable[[TrainConfig], Splits]
 OnStart = Callable[[int, RunInfo], None]  # member index, how it trains; raising fails it alone
 OnMemberEpoch = Callable[[int, EpochRecord], bool | None]  # True stops that member
+CheckpointFor = Callable[[int], RunCheckpoint | None]  # member index -> where it saves, if it does
 
 
 def train_many(
@@ -48,23 +58,28 @@ def train_many(
     on_epoch: OnMemberEpoch | None = None,
     record_init_stats: bool = False,
     stack: bool = True,
+    checkpoints: CheckpointFor | None = None,
 ) -> list[TrainResult | Exception]:
     """Train every config, in stacks of one shape where `stack`; results in the configs' order.
 
     A member ends with its `TrainResult`, or with the exception that ended it: one raised by
     `on_start` ends that member alone, one raised while a stack trains ends all of its members,
     and a stack that runs out of memory is trained again one member at a time. Only
-    KeyboardInterrupt propagates.
+    KeyboardInterrupt propagates. A member trained alone resumes from, and saves to, its
+    `checkpoints(index)`; one with a file to resume from trains alone.
     """
     speed = speed or SpeedOptions()
     results: list[TrainResult | Exception | None] = [None] * len(configs)
     groups: dict[object, list[int]] = {}
     for index, config in enumerate(configs):
-        key = stackable_key(config) if stack and not record_init_stats else None
+        checkpoint = checkpoints(index) if checkpoints is not None else None
+        resuming = checkpoint is not None and checkpoint.resumable()
+        key = stackable_key(config) if stack and not record_init_stats and not resuming else None
         groups.setdefault(key if key is not None else ("alone", index), []).append(index)
     for members in groups.values():
         _train_group(configs, members, results, data, device=device, speed=speed,
-                     on_start=on_start, on_epoch=on_epoch, record_init_stats=record_init_stats)
+                     on_start=on_start, on_epoch=on_epoch, record_init_stats=record_init_stats,
+                     checkpoints=checkpoints)
     assert all(r is not None for r in results)
     return results  # type: ignore[return-value]
 
@@ -72,7 +87,7 @@ def train_many(
 def _train_group(
     configs: Sequence[TrainConfig], members: list[int], results: list[TrainResult | Exception | None],
     data: SplitsFor, *, device: torch.device, speed: SpeedOptions, on_start: OnStart | None,
-    on_epoch: OnMemberEpoch | None, record_init_stats: bool,
+    on_epoch: OnMemberEpoch | None, record_init_stats: bool, checkpoints: CheckpointFor | None,
 ) -> None:
     started, used = _start(members, results, speed=speed, on_start=on_start)
     if not started:
@@ -83,7 +98,8 @@ def _train_group(
             index = started[0]
             member_epoch = None if on_epoch is None else (lambda r: on_epoch(index, r))
             results[index] = train(configs[index], splits, device=device, on_epoch=member_epoch,
-                                   speed=used, record_init_stats=record_init_stats)
+                                   speed=used, record_init_stats=record_init_stats,
+                                   checkpoint=checkpoints(index) if checkpoints else None)
             return
         stacked = train_population(
             [configs[i] for i in started], splits, device=device, compile=used.compile,
@@ -100,7 +116,8 @@ def _train_group(
                        len(started), device)
         for index in started:
             _train_group(configs, [index], results, data, device=device, speed=speed,
-                         on_start=on_start, on_epoch=on_epoch, record_init_stats=record_init_stats)
+                         on_start=on_start, on_epoch=on_epoch, record_init_stats=record_init_stats,
+                         checkpoints=checkpoints)
     except Exception as e:  # noqa: BLE001 - the stack's members fail together, the caller goes on
         raise_if_interrupted(e)  # a stop signal a library wrapped stops them all
         for index in started:
