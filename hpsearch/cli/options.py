@@ -136,6 +136,10 @@ _OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "stop_min_trials": _opt("--stop-min-trials", type=click.IntRange(min=2), default=DEFAULT_MIN_TRIALS,
                             show_default=True, help=(
         "With --stop-when-converged: complete trials before the first look.")),
+    "checkpoint_dir": _opt("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), help=(
+        "Save each trial that trains alone after every epoch in this folder (one all workers "
+        "can reach), so that a trial queued again after its worker died or was interrupted "
+        "resumes from its last epoch; removed when the trial ends [off].")),
 }
 assert list(_OPTIONS) == [f.name for f in dataclasses.fields(StudyOptions)][1:]
 

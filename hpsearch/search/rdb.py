@@ -84,6 +84,16 @@ def _rdb_storage(url: str, engine_kwargs: dict[str, object], heartbeat: int | No
 
 # hpsearch's own heartbeat on the journal, which Optuna's storage lacks (a trial system attribute).
 ATTR_BEAT = "hpsearch:heartbeat"
+# A queued-again trial's link to the attempts it repeats: their numbers, oldest first, the last
+# the one it was queued for (a trial system attribute). It trains with the first one's seed and
+# resumes from the newest of their checkpoints (`search.checkpoints`).
+ATTR_REPEATS = "hpsearch:repeats"
+
+
+def repeats(system_attrs: dict[str, object]) -> list[int]:
+    """The numbers of the attempts a trial repeats (oldest first), from its system attributes."""
+    value = system_attrs.get(ATTR_REPEATS)
+    return [int(n) for n in value] if isinstance(value, list) else []
 
 
 def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
@@ -100,6 +110,7 @@ def requeue(study: optuna.Study, failed: optuna.trial.FrozenTrial) -> None:
     fresh.user_attrs = {}
     # Our journal beat too: the queued trial would look dead as soon as a worker asks for it.
     fresh.system_attrs.pop(ATTR_BEAT, None)
+    fresh.system_attrs[ATTR_REPEATS] = [*repeats(failed.system_attrs), failed.number]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)(study, fresh)

@@ -51,6 +51,8 @@ class StudyOptions:
     # When to stop: Optuna's Terminator against the validation noise (search/convergence.py).
     stop_when_converged: bool = False
     stop_min_trials: int = DEFAULT_MIN_TRIALS
+    # Where trials trained alone save after each epoch, to resume after a lost worker.
+    checkpoint_dir: Path | None = None
 
     def settings(self, *, cache_dir: Path, download: bool) -> RunSettings:
         """The study module named in `study`, resolved against these options, its data read
@@ -111,6 +113,7 @@ def run_study(
                            speed=options.speed,
                            allow_mixed_precision=options.allow_mixed_precision,
                            stop_when_converged=options.stop_when_converged,
-                           stop_min_trials=options.stop_min_trials)
+                           stop_min_trials=options.stop_min_trials,
+                           checkpoint_dir=options.checkpoint_dir)
     return run_worker(run.handle, run.settings, worker, on_trial=on_trial,
                       on_progress=on_progress, data=run.data)

@@ -26,12 +26,21 @@ from sqlalchemy.engine import URL, make_url
 from hpsearch.errors import StorageError
 from hpsearch.search.journal import JournalFile, JournalFileReader
 from hpsearch.search.locks import flock
-from hpsearch.search.rdb import ATTR_BEAT, MAX_RETRIES, open_rdb, requeue, translate_sqlite_errors
+from hpsearch.search.rdb import (
+    ATTR_BEAT,
+    ATTR_REPEATS,
+    MAX_RETRIES,
+    open_rdb,
+    repeats,
+    requeue,
+    translate_sqlite_errors,
+)
 from hpsearch.search.retrying import DEFAULT_DB_RETRY_SECONDS, RetryingStorage
 
 __all__ = [
-    "ATTR_BEAT", "DEFAULT_DB_RETRY_SECONDS", "DEFAULT_HEARTBEAT", "DEFAULT_STORAGE", "MAX_RETRIES",
-    "STORAGE_FORMS", "RetryingStorage", "StorageHandle", "open_storage", "requeue", "storage_file",
+    "ATTR_BEAT", "ATTR_REPEATS", "DEFAULT_DB_RETRY_SECONDS", "DEFAULT_HEARTBEAT", "DEFAULT_STORAGE",
+    "MAX_RETRIES", "STORAGE_FORMS", "RetryingStorage", "StorageHandle", "open_storage", "repeats", "requeue",
+    "storage_file",
 ]
 
 logger = logging.getLogger(__name__)

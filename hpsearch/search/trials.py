@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import optuna
 import torch
@@ -40,10 +41,12 @@ from optuna.trial import TrialState
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache, Splits
 from hpsearch.errors import HPSearchError, raise_if_interrupted
+from hpsearch.search.checkpoints import remove_checkpoints, trial_checkpoint
 from hpsearch.search.liveness import heartbeat
 from hpsearch.search.objectives import trial_values
 from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.outcomes import (
+    COUNTED,
     FAILED,
     INTERRUPTED,
     TAKEN_OVER,
@@ -61,7 +64,7 @@ from hpsearch.search.reports import (
     taken_over,
 )
 from hpsearch.search.settings import RunSettings, data_record
-from hpsearch.search.storage import StorageHandle, requeue
+from hpsearch.search.storage import StorageHandle, repeats, requeue
 from hpsearch.training import (
     CrossValResult,
     EpochRecord,
@@ -82,6 +85,7 @@ class _Member:
     ended: Result | Exception | None = None  # what training returned, or the error that ended it
     taken_over: bool = False  # found failed by another worker while this one ran it
     outcome: TrialOutcome | None = None
+    repeats: list[int] = dataclasses.field(default_factory=list)  # earlier attempts, oldest first
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +99,7 @@ class _Run:
     data: DataCache
     speed: SpeedOptions
     on_progress: OnProgress | None
+    checkpoint_dir: Path | None = None  # where single runs save after each epoch (None: nowhere)
     logged: set[int] = dataclasses.field(default_factory=set)  # errors whose traceback is logged
 
     @property
@@ -116,10 +121,11 @@ def run_trial(
     data: DataCache,
     speed: SpeedOptions | None = None,
     on_progress: OnProgress | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> TrialOutcome:
     """Train one trial and tell Optuna how it ended: a batch of one."""
     return run_trials(study, [trial], settings, handle=handle, device=device, data=data,
-                      speed=speed, on_progress=on_progress)[0]
+                      speed=speed, on_progress=on_progress, checkpoint_dir=checkpoint_dir)[0]
 
 
 def run_trials(
@@ -132,11 +138,14 @@ def run_trials(
     data: DataCache,
     speed: SpeedOptions | None = None,
     on_progress: OnProgress | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> list[TrialOutcome]:
     """Suggest, record, train and tell each of `trials` (asked together), stacking those of one
     shape; outcomes in the trials' order. Only KeyboardInterrupt propagates, after every trial
-    not yet told is told interrupted and queued again."""
-    run = _Run(study, settings, handle, device, data, speed or SpeedOptions(), on_progress)
+    not yet told is told interrupted and queued again. With `checkpoint_dir`, a trial trained
+    alone saves itself after each epoch and a repeated one resumes (`search.checkpoints`)."""
+    run = _Run(study, settings, handle, device, data, speed or SpeedOptions(), on_progress,
+               checkpoint_dir)
     members = [_Member(trial) for trial in trials]
     # One thread beats for all the trials of a batch, so their beats do not contend.
     with heartbeat(handle, [trial_id(trial) for trial in trials]):
@@ -158,7 +167,10 @@ def run_trials(
 def _suggest(run: _Run, member: _Member) -> None:
     trial = member.trial
     try:
-        config = suggest_config(run.settings.spec, trial, run.settings.base_config(trial.number))
+        # A repeat is the same run again: its first attempt's seed, so a checkpoint fits it.
+        member.repeats = repeats(run.handle.storage.get_trial_system_attrs(trial_id(trial)))
+        seed_number = member.repeats[0] if member.repeats else trial.number
+        config = suggest_config(run.settings.spec, trial, run.settings.base_config(seed_number))
         set_attrs(trial, config_attrs(config))
     except Exception as e:  # noqa: BLE001 - a bad config or a bug in the study module fails its trial
         member.ended = e
@@ -196,9 +208,13 @@ def _train(run: _Run, members: list[_Member]) -> None:
         return _step(run, members[index], record.metric(run.metric), record.epoch,
                      of=configs[index].epochs, unit="epoch")
 
+    folder = run.checkpoint_dir
     results = train_many(configs, run.splits, device=run.device, speed=run.speed,
                          on_start=on_start, on_epoch=on_epoch,
-                         record_init_stats=run.settings.spec.record_init_stats)
+                         record_init_stats=run.settings.spec.record_init_stats,
+                         checkpoints=None if folder is None else lambda index: trial_checkpoint(
+                             folder, members[index].trial, members[index].repeats,
+                             metric=run.metric))
     for member, result in zip(members, results):
         member.ended = result
 
@@ -294,6 +310,9 @@ def _tell(
         logger.warning("trial %d %s: %s", trial.number, outcome, reason)
     else:
         logger.info("trial %d %s%s", trial.number, outcome, f": {reason}" if reason else "")
+    if run.checkpoint_dir is not None and outcome in COUNTED:  # interrupted: its repeat resumes
+        remove_checkpoints(run.checkpoint_dir, run.study.study_name,
+                           [*member.repeats, trial.number])
     return TrialOutcome(number=trial.number, outcome=outcome, value=values[0] if values else None,
                         reason=reason, seconds=result.seconds if result else 0.0, error=error,
                         values=tuple(values or ()))

@@ -15,6 +15,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import optuna
 import torch
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
+from hpsearch.search.checkpoints import prepare_directory
 from hpsearch.search.convergence import DEFAULT_MIN_TRIALS, ConvergenceWatch
 from hpsearch.search.liveness import recover_lost_trials
 from hpsearch.search.outcomes import COUNTED, ORDER, TAKEN_OVER, trial_outcome
@@ -90,7 +92,8 @@ class WorkerOptions:
     `population` K > 1 asks for up to K trials at once and trains those of one shape as one
     stacked computation; the budget count and the lost-trial check then happen once per batch.
     `speed` holds compile and bf16; a study keeps one precision (`check_precision`) unless
-    `allow_mixed_precision`.
+    `allow_mixed_precision`. `checkpoint_dir`: where trials trained alone save after each
+    epoch, so that a repeated one resumes (`search.checkpoints`).
     """
 
     trials: int  # the study's budget of finished trials
@@ -105,6 +108,7 @@ class WorkerOptions:
     # starting trials once it finds the study converged (hpsearch.search.convergence).
     stop_when_converged: bool = False
     stop_min_trials: int = DEFAULT_MIN_TRIALS
+    checkpoint_dir: Path | None = None
 
     def check(self) -> None:
         if self.trials < 1:
@@ -131,6 +135,8 @@ def run_worker(
     """Run trials of one study until it holds `options.trials` finished ones (or its timeout
     passes). `data` is the data cache the caller may have loaded already."""
     options.check()
+    if options.checkpoint_dir is not None:
+        prepare_directory(options.checkpoint_dir)
     grid = grid_size(settings)
     if grid is not None and options.trials > grid:
         logger.warning("the grid has %d points; running %d trials, not %d", grid, grid,
@@ -182,7 +188,8 @@ class _Worker:
             try:
                 outcomes = run_trials(self.study, asked, self.settings, handle=self.handle,
                                       device=options.device, data=self.data, speed=options.speed,
-                                      on_progress=self.on_progress)
+                                      on_progress=self.on_progress,
+                                      checkpoint_dir=options.checkpoint_dir)
             except KeyboardInterrupt:
                 report.stopped = "interrupted"
                 raise
