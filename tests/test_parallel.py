@@ -328,7 +328,7 @@ NOT_DEFAULT = {
     "data_dir": Path("/data/here"), "epochs": 3, "device": "cuda:1", "seed": 4,
     "sampler": "random", "pruner": "none", "cv": 3, "allow_other_data": True, "population": 2,
     "compile": True, "bf16": True, "allow_mixed_precision": True,
-    "checkpoint_dir": Path("/shared/checkpoints"),
+    "stop_when_converged": True, "stop_min_trials": 7, "checkpoint_dir": Path("/shared/checkpoints"),
 }
 
 
