@@ -1,7 +1,12 @@
-"""On a CUDA machine (`pytest -m gpu`): the fast paths give the plain path's results on the GPU.
+"""On a CUDA machine (`pytest -m gpu`, also run by `make gpu-check`): the fast paths on the GPU.
 
-Not run on the development machines, which have no GPU; written so that a user with one can
-check the CUDA-only code (compiled step with CUDA graphs, stacked dropout on the device).
+Each test promises only what holds on CUDA. A member without dropout computes what its single
+run computes (the same init, data order and update), so its losses agree up to rounding: CUDA's
+batched and single matrix products round differently. A member with dropout does not: on CUDA
+the stack draws every member's masks from one stream in one kernel (`StackedEngine._masks`),
+so its masks differ from its single run's, the same in distribution; there the promise is a
+close validation accuracy (on the CPU, six dropout streams of one config spread its accuracy
+over 0.028, 4 of the 144 validation images).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-BASE = TrainConfig(dataset="digits", hidden=(64, 32), batch_size=64, epochs=4)
+BASE = TrainConfig(dataset="digits", hidden=(64, 32), batch_size=64, epochs=6)
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +32,33 @@ def digits_on_gpu() -> Splits:
     return splits.to(torch.device("cuda"))
 
 
-def test_population_on_cuda_matches_single_trials(digits_on_gpu: Splits) -> None:
-    cuda = torch.device("cuda")
-    configs = [BASE.replace(seed=s, lr=lr, dropout=d)
-               for s, (lr, d) in enumerate([(1e-3, 0.0), (3e-3, 0.2), (1e-2, 0.1)])]
-    for config, stacked in zip(configs, train_population(configs, digits_on_gpu, device=cuda)):
+@pytest.mark.parametrize("fused", [False, True], ids=["eager-update", "fused-update"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_stacked_members_without_dropout_match_their_single_runs(
+    optimizer: str, fused: bool, digits_on_gpu: Splits
+) -> None:
+    cuda, sgd = torch.device("cuda"), optimizer == "sgd"
+    configs = [BASE.replace(optimizer=optimizer, seed=s, lr=lr * (30 if sgd else 1), weight_decay=wd,
+                            momentum=0.9 if sgd else 0.0)
+               for s, (lr, wd) in enumerate([(1e-3, 0.0), (3e-3, 1e-4), (2e-3, 1e-3)])]
+    # compile=True is what `--compile` gives a stack: the fused optimizer update.
+    stacked = train_population(configs, digits_on_gpu, device=cuda, compile=fused)
+    one_image = 1 / len(digits_on_gpu.val or [])
+    for config, member in zip(configs, stacked):
         alone = train(config, digits_on_gpu, device=cuda)
-        assert stacked.history_dict()["train_loss"] == pytest.approx(
+        assert member.history_dict()["train_loss"] == pytest.approx(
             alone.history_dict()["train_loss"], rel=1e-3)
-        assert abs(stacked.final.val_accuracy - alone.final.val_accuracy) <= 0.02
+        assert abs(member.final.val_accuracy - alone.final.val_accuracy) <= one_image + 1e-9
+        assert member.final.val_accuracy > 0.85
+
+
+def test_stacked_members_with_dropout_keep_their_single_runs_accuracy(digits_on_gpu: Splits) -> None:
+    cuda = torch.device("cuda")
+    configs = [BASE.replace(seed=s, lr=3e-3, dropout=d) for s, d in enumerate([0.1, 0.2, 0.3])]
+    for config, member in zip(configs, train_population(configs, digits_on_gpu, device=cuda)):
+        alone = train(config, digits_on_gpu, device=cuda)
+        assert member.final.val_accuracy > 0.9 and alone.final.val_accuracy > 0.9
+        assert abs(member.final.val_accuracy - alone.final.val_accuracy) <= 0.05
 
 
 @pytest.mark.parametrize("speed", [SpeedOptions(compile=True), SpeedOptions(bf16=True)],
@@ -44,5 +67,5 @@ def test_speed_options_on_cuda_keep_the_accuracy(speed: SpeedOptions, digits_on_
     cuda = torch.device("cuda")
     plain = train(BASE, digits_on_gpu, device=cuda)
     fast = train(BASE, digits_on_gpu, device=cuda, speed=speed)
-    assert fast.final.val_accuracy > 0.8
+    assert fast.final.val_accuracy > 0.85
     assert abs(fast.final.val_accuracy - plain.final.val_accuracy) <= 0.03

@@ -54,8 +54,13 @@ def _members(optimizer: str) -> list[TrainConfig]:
     ]
 
 
+# The fused update compiles once per kind and step variant (about 5-50 s each on two CPU cores).
+FUSED = [False, pytest.param(True, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("fused", FUSED, ids=["eager", "fused"])
 @pytest.mark.parametrize("kind", ["adam", "adamw", "sgd", "sgd-nesterov"])
-def test_stacked_optimizer_matches_torch_optim(kind: str) -> None:
+def test_stacked_optimizer_matches_torch_optim(kind: str, fused: bool) -> None:
     torch.manual_seed(0)
     optimizer = kind.split("-")[0]
     configs = [
@@ -68,7 +73,7 @@ def test_stacked_optimizer_matches_torch_optim(kind: str) -> None:
     flat_start = flat.clone()
     reference = [torch.nn.Parameter(row.clone()) for row in flat]
     single = [build_optimizer([p], c) for p, c in zip(reference, configs)]
-    stacked = StackedOptimizer(flat, configs)
+    stacked = StackedOptimizer(flat, configs, fused=fused)
     for _ in range(25):
         grad = torch.randn_like(flat)
         stacked.step(flat, grad.clone())  # the step consumes (overwrites) its gradient
@@ -80,19 +85,21 @@ def test_stacked_optimizer_matches_torch_optim(kind: str) -> None:
     torch.testing.assert_close(flat, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.slow  # compiling the update takes ~30 s on two CPU cores
-def test_compiled_stacked_update_matches_the_eager_one() -> None:
-    torch.manual_seed(0)
+@pytest.mark.slow  # compiles the fused Adam update once (about 5-50 s on two CPU cores)
+def test_fused_update_compiles_once_for_every_stack_of_one_shape() -> None:
+    torch._dynamo.reset()  # no compiled code of an earlier test's shapes to fall back on
+    counters = torch._dynamo.utils.counters["stats"]
     configs = [TrainConfig(lr=lr, weight_decay=wd) for lr, wd in [(1e-2, 0.0), (3e-3, 1e-3)]]
-    eager_flat, compiled_flat = torch.randn(2, 40), torch.empty(2, 40)
-    compiled_flat.copy_(eager_flat)
-    eager = StackedOptimizer(eager_flat, configs)
-    compiled = StackedOptimizer(compiled_flat, configs, compile=True)
-    for _ in range(5):
-        grad = torch.randn_like(eager_flat)
-        eager.step(eager_flat, grad.clone())
-        compiled.step(compiled_flat, grad.clone())
-    torch.testing.assert_close(compiled_flat, eager_flat, rtol=1e-6, atol=1e-6)
+    graphs = counters["unique_graphs"]
+    for trial in range(3):  # three stacks of one shape, as a study's successive batches
+        flat = torch.randn(2, 37)
+        optimizer = StackedOptimizer(flat, configs, fused=True)
+        for epoch in range(2):
+            optimizer.set_lr([1e-2 / (epoch + 1), 3e-3])
+            for _ in range(3):
+                optimizer.step(flat, torch.randn_like(flat))
+    assert counters["unique_graphs"] - graphs == 1
+    assert torch.isfinite(flat).all()
 
 
 def test_stacked_optimizer_refuses_mixed_kinds() -> None:

@@ -69,7 +69,7 @@ class StackedEngine:
             model = build_model(config, data.input_shape, data.num_classes, generator=generators.init)
             rows.append(torch.cat([p.detach().reshape(-1) for p in model.parameters()]))
         self.flat = torch.stack(rows).to(device).requires_grad_(True)
-        self.optimizer = StackedOptimizer(self.flat.detach(), configs, compile=compile)
+        self.optimizer = StackedOptimizer(self.flat.detach(), configs, fused=compile)
         # The structure every member shares; with dropout layers if any member drops out.
         widest = configs[0].replace(dropout=max(c.dropout for c in configs))
         self.template = empty_model(widest, data.input_shape, data.num_classes,
