@@ -3,25 +3,32 @@ front in `best`, `status`, `export`, `final`, the report and the dashboard."""
 
 from __future__ import annotations
 
+import json
 import re
+import statistics
+import threading
 from pathlib import Path
 
 import optuna
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from hpsearch.analysis.dashboard import make_dashboard_server
+from hpsearch.analysis.report import build_report
 from hpsearch.cli import main
 from hpsearch.errors import StudyError
 from hpsearch.search.record import ResultSummary, StudyRecord, study_metric
 from hpsearch.search.registry import load_study
 from hpsearch.search.storage import open_storage
+from tests import browser
 
-TRIALS = 8
+TRIALS = 6
 
 
 @pytest.fixture(scope="module")
 def study_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The built-in `mlp_size` study on digits, 8 trials of 2 epochs (about 5 s)."""
+    """The built-in `mlp_size` study on digits, 6 trials of 1 epoch (about 5 s)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('multiobj') / 'mo.db'}"
     result = CliRunner().invoke(main, ["run", "mlp_size", "--trials", str(TRIALS), "--epochs", "2",
                                        "--storage", url, "--device", "cpu"])
@@ -137,3 +144,106 @@ def test_a_resume_with_other_metrics_is_refused(tmp_path: Path) -> None:
     assert same.exit_code == 0, same.output
     values = [t.values for t in optuna.load_study(study_name="size", storage=url).trials]
     assert len(values) == 2 and all(len(v) == 2 for v in values)
+
+
+def test_export_writes_the_front_or_the_k_best_by_one_metric(study_url: str, tmp_path: Path) -> None:
+    study = load(study_url)
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    front = CliRunner().invoke(main, ["export", "mlp_size", "--storage", study_url,
+                                      "-o", str(tmp_path / "front.yaml")])
+    assert front.exit_code == 0, front.output
+    document = yaml.safe_load((tmp_path / "front.yaml").read_text())
+    assert document["selection"] == "the Pareto front"
+    assert document["objectives"] == {"val_error": "minimize", "n_params": "minimize"}
+    exported = [entry["trial"] for entry in document["configs"]]
+    assert set(exported) == non_dominated(trials) and len(exported) == len(set(exported))
+    by_number = {t.number: t for t in trials}
+    for entry in document["configs"]:
+        assert entry["pareto_optimal"] is True
+        assert list(entry["values"].values()) == by_number[entry["trial"]].values
+
+    by = CliRunner().invoke(main, ["export", "mlp_size", "--storage", study_url, "--by", "n_params",
+                                   "--top", "3", "-o", str(tmp_path / "by.yaml")])
+    assert by.exit_code == 0, by.output
+    chosen = [e["trial"] for e in yaml.safe_load((tmp_path / "by.yaml").read_text())["configs"]]
+    smallest = sorted(trials, key=lambda t: (t.values[1], t.number))[:3]
+    assert chosen == [t.number for t in smallest]
+    assert "wrote 3 config(s)" in by.output and "the best 3 by n_params" in by.output
+
+    wrong = CliRunner().invoke(main, ["export", "mlp_size", "--storage", study_url, "--by",
+                                      "val_loss", "-o", str(tmp_path / "x.yaml")])
+    assert wrong.exit_code == 1
+    assert "no metric 'val_loss' to export by; its metrics: val_error, n_params" in wrong.output
+
+
+def test_final_reports_each_objective_with_its_interval(study_url: str, tmp_path: Path) -> None:
+    exported = tmp_path / "two.yaml"
+    result = CliRunner().invoke(main, ["export", "mlp_size", "--storage", study_url, "--top", "2",
+                                       "-o", str(exported)])
+    assert result.exit_code == 0, result.output
+    entries = yaml.safe_load(exported.read_text())["configs"]
+    assert len(entries) == 2 and all(e["pareto_optimal"] for e in entries)
+    output = tmp_path / "final.json"
+    final = CliRunner().invoke(main, ["final", str(exported), "--seeds", "2", "--device", "cpu",
+                                      "-o", str(output)])
+    assert final.exit_code == 0, final.output
+    document = json.loads(output.read_text())
+    for entry, config in zip(entries, document["configs"]):
+        assert config["search_values"] == entry["values"]
+        objectives = config["objectives"]
+        # Size: exactly the searched model's; time: the seeds' own spread, with a t-interval.
+        assert objectives["n_params"] == entry["values"]["n_params"]
+        seconds = [run["epoch_seconds"] for run in config["runs"]]
+        assert objectives["epoch_seconds_mean"] == pytest.approx(statistics.fmean(seconds))
+        assert objectives["epoch_seconds_std"] == pytest.approx(statistics.stdev(seconds))
+        low, high = objectives["epoch_seconds_t_ci"]
+        assert low <= objectives["epoch_seconds_mean"] <= high
+        row = next(line for line in final.output.splitlines()
+                   if line.startswith(f"| {config['label']} | val_error"))
+        assert f"| {entry['values']['n_params']:.0f} |" in row and "±" in row
+    assert "| config | search values | test error: mean (95% t-CI) | parameters " in final.output
+
+
+def test_the_report_draws_and_lists_the_front(study_url: str, tmp_path: Path) -> None:
+    study = load(study_url)
+    expected = non_dominated(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    report = build_report(study, storage_url=study_url)
+    pareto = next(f for f in report.figures if f.title == "Pareto front")
+    assert pareto.html is not None and "Pareto-front Plot" in pareto.html
+    table = report.html.split('<table class="pareto">', 1)[1].split("</table>", 1)[0]
+    listed = {int(n) for n in re.findall(r"<tr><td>(\d+)</td>", table)}
+    assert listed == expected
+    assert f"Pareto front: {len(expected)} of {TRIALS} completed trials" in report.html
+    # The rest of the page is drawn on the first objective, as for a single-objective study.
+    history = next(f for f in report.figures if f.title == "Optimization history")
+    assert history.html is not None
+
+
+def test_rerun_compares_the_first_objective(study_url: str) -> None:
+    result = CliRunner().invoke(main, ["rerun", "mlp_size", "0", "--storage", study_url,
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"val_error: stored [\d.]+, rerun [\d.]+ \(identical\)", result.output)
+
+
+@pytest.mark.browser
+def test_the_dashboard_shows_the_front_in_its_own_views(study_url: str) -> None:
+    study = load(study_url)
+    expected = non_dominated(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)))
+    server = make_dashboard_server(open_storage(study_url, heartbeat=None), host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page = browser.load(f"http://127.0.0.1:{server.server_address[1]}/dashboard/studies/"
+                            f"{study._study_id}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert not page.errors, page.errors
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.dom))
+    # optuna-dashboard's multi-objective study page: its Pareto-front plot, with an axis per
+    # objective named as stored, and its Best Trials card, which lists the front.
+    assert "Pareto Front" in text and "Objective X: val_error" in text.replace(" ", " ")
+    best = text.split("Best Trials", 1)[1].split("Study User Attributes", 1)[0]
+    assert {int(n) for n in re.findall(r"Trial (\d+) Objective Values", best)} == expected

@@ -26,11 +26,13 @@ import hpsearch
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataSource, check_same_data
 from hpsearch.errors import ConfigError, HPSearchError, StudyError
+from hpsearch.search.objectives import pareto_front
 from hpsearch.search.record import RunRecord, StudyRecord, TrialRecord, study_metric
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+DEFAULT_TOP = 3  # trials exported by one metric when --top is not given
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,21 +60,32 @@ def final_config(config: TrainConfig, best_epoch: int) -> TrainConfig:
     return config.replace(epochs=best_epoch, stopping="fixed")
 
 
-def best_trials(study: optuna.Study, top: int) -> list[FrozenTrial]:
-    """The `top` best completed trials, best first (ties keep trial order)."""
+def best_trials(study: optuna.Study, top: int | None, *, by: str | None = None) -> list[FrozenTrial]:
+    """The `top` (default 3) best completed trials by the metric `by` (default: the study's
+    first), best first, ties in trial order; of a multi-objective study without `by`, its Pareto
+    front ordered by the first objective (the first `top` of it if given)."""
+    metric = study_metric(study)
+    if by is not None and by not in metric.names:
+        raise StudyError(f"study {study.study_name!r} has no metric {by!r} to export by; its "
+                         f"metrics: {', '.join(metric.names)}")
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.value is not None]
+            if t.values is not None]
     if not done:
         raise StudyError(
             f"study {study.study_name!r} has no completed trial to export yet; run more trials "
             f"(`hpsearch run ...`) or check `hpsearch report` for why they failed"
         )
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    done.sort(key=lambda t: (-t.value if maximize else t.value, t.number))  # type: ignore[operator]
-    return done[:top]
+    if metric.multi_objective and by is None:
+        return pareto_front(study)[:top]
+    index = metric.names.index(by) if by is not None else 0
+    sign = -1.0 if metric.directions[index] == "maximize" else 1.0
+    done.sort(key=lambda t: (sign * t.values[index], t.number))
+    return done[:top or DEFAULT_TOP]
 
 
-def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[str, Any]:
+def export_entry(
+    study: optuna.Study, trial: FrozenTrial, *, rank: int, by: str | None = None
+) -> dict[str, Any]:
     """A file entry for one trial, with its config converted for the final run."""
     record = TrialRecord.from_trial(trial)
     search_config = record.config(where=f"study {study.study_name!r}",
@@ -87,13 +100,16 @@ def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[
             )
         best_epoch = search_config.epochs
     config = final_config(search_config, best_epoch)
-    settings = StudyRecord.from_study(study)
+    settings, metric = StudyRecord.from_study(study), study_metric(study)
+    name = by or metric.name
     return {
         "rank": rank,
         "study": study.study_name,
         "trial": trial.number,
-        "metric": study_metric(study).name,
-        "value": trial.value,
+        "metric": name,
+        "value": trial.values[metric.names.index(name)],
+        # A multi-objective trial: every objective's value, and whether it is on the Pareto front.
+        **(_objective_values(study, trial) if metric.multi_objective else {}),
         "study_module": run.study_module or settings.study_module,
         "source_hash": run.source_hash or settings.source_hash,
         "dataset": config.dataset,
@@ -117,24 +133,35 @@ def export_entry(study: optuna.Study, trial: FrozenTrial, *, rank: int) -> dict[
     }
 
 
+def _objective_values(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    names = study_metric(study).names
+    front = {t.number for t in study.best_trials}
+    return {"values": dict(zip(names, trial.values)), "pareto_optimal": trial.number in front}
+
+
 def export_document(
-    study: optuna.Study, *, top: int, storage_url: str, allow_other_data: bool = False
+    study: optuna.Study, *, top: int | None, storage_url: str, allow_other_data: bool = False,
+    by: str | None = None,
 ) -> dict[str, Any]:
-    trials = best_trials(study, top)
+    trials = best_trials(study, top, by=by)
     _check_trials_data(study, trials, allow_other_data=allow_other_data)
-    if len(trials) < top:
+    metric = study_metric(study)
+    if len(trials) < (top or DEFAULT_TOP) and not (metric.multi_objective and by is None):
         logger.warning("study %s has only %d completed trials; exporting those", study.study_name,
                        len(trials))
+    multi = {"objectives": dict(zip(metric.names, metric.directions)),
+             "selection": f"the best {len(trials)} by {by}" if by else "the Pareto front"}
     return {
         "hpsearch_export": FORMAT_VERSION,
         "study": study.study_name,
         "storage": storage_url,
-        "direction": study.direction.name.lower(),
+        "direction": metric.direction,
+        **(multi if metric.multi_objective else {}),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hpsearch_version": hpsearch.__version__,
         "note": "config is converted for the final run: epochs = the trial's best epoch, "
                 "stopping = fixed (a final run has no validation split)",
-        "configs": [export_entry(study, t, rank=i + 1) for i, t in enumerate(trials)],
+        "configs": [export_entry(study, t, rank=i + 1, by=by) for i, t in enumerate(trials)],
     }
 
 

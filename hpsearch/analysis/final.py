@@ -24,6 +24,12 @@ from typing import Any
 import torch
 
 from hpsearch.analysis.export import ExportedConfig, label_all
+from hpsearch.analysis.final_objectives import (
+    objective_record,
+    objective_summary,
+    objectives_table,
+    search_values,
+)
 from hpsearch.analysis.stats import (
     ALPHA,
     CONFIDENCE,
@@ -133,7 +139,8 @@ def evaluate_config(
         run = {"seed": seeded.seed, "epochs": len(result.history),
                "seconds": round(result.seconds, 3), "failure": result.failure,
                "rerun": _rerun_record(here, seeded, entry, splits),
-               **_test_record(result, n_test=len(splits.test))}
+               **_test_record(result, n_test=len(splits.test)),
+               **objective_record(entry.source, result)}
         if result.test is None:
             logger.warning("%s seed %d failed: %s", label, seeded.seed, result.failure)
         runs.append(run)
@@ -151,6 +158,8 @@ def evaluate_config(
         "n_test": len(splits.test),
         "config": config.to_dict(),
         "summary": summarise(runs, splits.test.y.tolist()),
+        **({"search_values": values, "objectives": objective_summary(runs)}
+           if (values := search_values(entry.source)) else {}),
         "runs": runs,
         "test_labels": splits.test.y.tolist(),
     }
@@ -262,6 +271,7 @@ def markdown(document: dict[str, Any]) -> str:
         "", "| config | seed | test error (95% Wilson) | accuracy | macro-F1 | epochs | s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         *(_seed_row(c, r) for c in configs for r in c["runs"]),
+        *objectives_table(configs),
     ]
     if document["comparisons"]:
         lines += ["", "| pair | only A right | only B right | McNemar p | Holm p | verdict |",

@@ -1,6 +1,7 @@
 """One self-contained HTML page about a study: Optuna's plotly figures and the trend tables.
 
-The figures are Optuna's own (optimization history, parameter importances, parallel
+A multi-objective study's page opens with its Pareto front (`hpsearch.analysis.pareto`). The
+figures are Optuna's own (optimization history, parameter importances, parallel
 coordinates, slices, contour of the two most important parameters, intermediate values); the
 tables show, for each categorical or few-valued parameter, the best and median metric per value
 and how many trials stand behind each, so a reader sees the trend and not only the winner.
@@ -29,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 import hpsearch
 from hpsearch.analysis.cost import cost_section, cost_totals
 from hpsearch.analysis.figures import Figure, draw_figures, figure_html
+from hpsearch.analysis.pareto import pareto_report
 from hpsearch.analysis.question import Answer, answer_study
 from hpsearch.analysis.stopping import convergence_section
 from hpsearch.data import describe_data
@@ -64,13 +66,18 @@ class Report:
 
 
 def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
+    pareto = pareto_report(study)  # several objectives: the front, and the rest on the first
+    if pareto is not None:
+        study = pareto.view
     trials = study.get_trials(deepcopy=False)
     metric, maximize = study_metric(study).name, study_metric(study).maximize
     complete = _ranked([t for t in trials if t.state == TrialState.COMPLETE and t.value is not None],
                        maximize)
-    figures = draw_figures(study, trials, complete, metric=metric)
+    figures = [*([pareto.figure] if pareto else []),
+               *draw_figures(study, trials, complete, metric=metric)]
     answer = answer_study(study, trials, complete)
     sections = [
+        *([pareto.section, figure_html(pareto.figure)] if pareto else []),
         answer.html(),
         _summary_section(study, trials, complete, metric=metric, storage_url=storage_url),
         _outcome_section(trials),
@@ -78,7 +85,7 @@ def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
         convergence_section(stored_estimates(study), StopRecord.from_study(study)),
         _best_section(complete, metric=metric),
         _parameter_section(trials, complete, metric=metric, maximize=maximize),
-        *(figure_html(f) for f in figures),
+        *(figure_html(f) for f in figures if not pareto or f is not pareto.figure),
     ]
     page = _PAGE.format(
         title=html.escape(f"hpsearch report: {study.study_name}"),

@@ -135,9 +135,11 @@ def rerun_trial(
     # No pruner here: a pruned trial runs all its epochs (and folds), and the stored ones are
     # compared.
     result = train_again(device=device, speed=speed)
-    return Rerun(trial=number, metric=metric, config=config, stored_value=trial.value,
-                 stored=stored, result=result, version_changes=_version_changes(run),
-                 speed=speed, notes=notes, data=used, data_note=note)
+    # values[0]: the metric of a single-objective trial, the first objective of a multi-objective one
+    stored_value = trial.values[0] if trial.values else None
+    return Rerun(trial=number, metric=metric, config=config, stored_value=stored_value,
+                 stored=stored, result=result, version_changes=_version_changes(run), speed=speed,
+                 notes=notes, data=used, data_note=note)
 
 
 def _version_changes(run: RunRecord) -> dict[str, tuple[str, str]]:

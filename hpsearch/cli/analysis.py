@@ -23,6 +23,7 @@ from hpsearch.cli.options import DeviceType, OutputFile, allow_other_data_option
 from hpsearch.cli.state import CliState, data_dir_option, storage_option
 from hpsearch.data import DataDirs, describe_data
 from hpsearch.devices import DEVICE_HELP, resolve_device
+from hpsearch.search.objectives import format_value
 from hpsearch.search.record import load_existing_study
 
 
@@ -70,23 +71,28 @@ def report_command(state: CliState, study_name: str, output: Path) -> None:
 @click.command("export")
 @click.argument("study_name")
 @storage_option
-@click.option("--top", type=click.IntRange(min=1), default=3, show_default=True,
-              help="How many of the best completed trials to export.")
+@click.option("--top", type=click.IntRange(min=1), default=None, show_default="3; a multi-objective "
+              "study's whole Pareto front", help="How many of the best completed trials to export.")
+@click.option("--by", metavar="METRIC", help="Rank by this metric of a multi-objective study "
+              "instead of exporting its Pareto front [the study's metric].")
 @click.option("-o", "--output", type=OutputFile(),
                default=Path("best.yaml"), show_default=True, help="YAML file, or JSON by extension.")
 @allow_other_data_option
-def export_command(state: CliState, study_name: str, top: int, output: Path,
-                   allow_other_data: bool) -> None:
-    """Write the best configs of STUDY_NAME, ready for `hpsearch final`."""
+def export_command(state: CliState, study_name: str, top: int | None, by: str | None,
+                   output: Path, allow_other_data: bool) -> None:
+    """Write the best configs of STUDY_NAME, ready for `hpsearch final`: the Pareto-optimal ones
+    of a study with several objectives, or the --top best by one metric (--by)."""
     handle = state.open_existing_storage()
-    document = export_document(load_existing_study(handle, study_name), top=top,
+    document = export_document(load_existing_study(handle, study_name), top=top, by=by,
                                storage_url=handle.url, allow_other_data=allow_other_data)
     write_document(document, output)
-    click.echo(f"wrote {len(document['configs'])} config(s) to {output}")
+    click.echo(f"wrote {len(document['configs'])} config(s) to {output}"
+               + (f": {document['selection']}" if "selection" in document else ""))
     for entry in document["configs"]:
         search = entry["search"]
-        click.echo(f"  {entry['rank']}. trial {entry['trial']}: {entry['metric']} = "
-                   f"{entry['value']:.6g}; final run: {entry['config']['epochs']} epochs "
+        values = ", ".join(f"{k} = {format_value(k, v)}" for k, v in entry.get("values", {}).items())
+        values = values or f"{entry['metric']} = {entry['value']:.6g}"
+        click.echo(f"  {entry['rank']}. trial {entry['trial']}: {values}; final run: {entry['config']['epochs']} epochs "
                    f"(search: stopping={search['stopping']}, best epoch {search['best_epoch']} "
                    f"of {search['epochs_run']})")
 
