@@ -138,3 +138,32 @@ def test_stop_when_converged_is_refused_where_it_has_no_meaning(
                                "--stop-when-converged", "--storage", journal_url])
     assert pareto.exit_code == 1 and "has 2 objectives" in pareto.output, pareto.output
     assert optuna.load_study(study_name="mlp_size", storage=handle.storage).trials == []
+
+
+def _told(study: optuna.Study, lr: float, value: float | None, state: TrialState) -> None:
+    run = {"data": {"sizes": {"train": 1293, "val": 144, "test": None}}}
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": lr}, distributions={"lr": optuna.distributions.FloatDistribution(1e-3, 1e-2, log=True)},
+        value=value, state=state, user_attrs={"run": run}))
+
+
+def test_a_look_estimates_only_when_a_trial_completed_since_the_last_one(journal_url: str) -> None:
+    handle = open_storage(journal_url)
+    study = optuna.create_study(storage=handle.storage, study_name="flat")
+    watch = ConvergenceWatch(study, handle, metric="val_error", min_trials=5)
+    for k, value in enumerate([5, 6, 5, 7]):
+        _told(study, 0.002 + 0.001 * k, value / 144, TrialState.COMPLETE)
+    assert watch.look() is None and stored_estimates(study) == []  # 4 complete, fewer than 5
+    _told(study, 0.007, 6 / 144, TrialState.COMPLETE)
+    first = watch.look()
+    assert first is not None and first.complete == 5 and first.trial == 4
+    assert first.noise == pytest.approx(binomial_noise(5 / 144, 144, accuracy=False))
+    _told(study, 0.008, None, TrialState.PRUNED)
+    assert watch.look() is None  # a pruned trial adds nothing the bound uses
+    _told(study, 0.009, 5 / 144, TrialState.COMPLETE)
+    second = watch.look()
+    assert second is not None and (second.complete, second.trial) == (6, 6)
+    assert [e.complete for e in stored_estimates(study)] == [5, 6]
+    # Values one or two examples apart: what more trials could gain is below the noise.
+    assert first.converged and watch.stopped() == StopRecord.from_study(study).reason  # type: ignore[union-attr]
+    assert StopRecord.from_study(study).estimate == stored_estimates(study)[0]  # type: ignore[union-attr]

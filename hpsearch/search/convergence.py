@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.errors import StudyError
 from hpsearch.search.provenance import RunRecord, as_mapping
@@ -153,6 +153,7 @@ class ConvergenceWatch:
             ) from e
         self.estimate = terminator.estimate
         self.study, self.handle, self.metric, self.min_trials = study, handle, metric, min_trials
+        self.complete = -1  # complete trials at this worker's last estimate
 
     def stopped(self) -> str | None:
         """The stored reason, once some worker of the study found it converged."""
@@ -160,7 +161,13 @@ class ConvergenceWatch:
         return record.reason if record is not None else None
 
     def look(self) -> Estimate | None:
-        """Estimate now; store it, and the stop when it says so (the next `stopped` sees it)."""
+        """Estimate now; store it, and the stop when it says so (the next `stopped` sees it).
+        Nothing to do while no trial has completed since the last look (only pruned or failed
+        ones, which the bound does not use), nor before `min_trials` complete ones."""
+        complete = len(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        if complete == self.complete or complete < self.min_trials:
+            return None
+        self.complete = complete
         found = self.estimate(self.study, metric=self.metric, min_trials=self.min_trials)
         if found is None:
             return None
