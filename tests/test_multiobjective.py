@@ -214,6 +214,7 @@ def test_the_report_draws_and_lists_the_front(study_url: str, tmp_path: Path) ->
     listed = {int(n) for n in re.findall(r"<tr><td>(\d+)</td>", table)}
     assert listed == expected
     assert f"Pareto front: {len(expected)} of {TRIALS} completed trials" in report.html
+    assert report.answer.line.startswith(f"a Pareto front of {len(expected)} trial(s), from #")
     # The rest of the page is drawn on the first objective, as for a single-objective study.
     history = next(f for f in report.figures if f.title == "Optimization history")
     assert history.html is not None

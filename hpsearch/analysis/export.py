@@ -139,6 +139,15 @@ def _objective_values(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]
     return {"values": dict(zip(names, trial.values)), "pareto_optimal": trial.number in front}
 
 
+def _selection(study: optuna.Study, n: int, *, by: str | None) -> str:
+    """Which trials a multi-objective export holds, in words."""
+    if by is not None:
+        return f"the best {n} by {by}"
+    front = len(study.best_trials)
+    return "the Pareto front" if n == front else (
+        f"the first {n} of the {front}-trial Pareto front, by {study_metric(study).name}")
+
+
 def export_document(
     study: optuna.Study, *, top: int | None, storage_url: str, allow_other_data: bool = False,
     by: str | None = None,
@@ -150,7 +159,7 @@ def export_document(
         logger.warning("study %s has only %d completed trials; exporting those", study.study_name,
                        len(trials))
     multi = {"objectives": dict(zip(metric.names, metric.directions)),
-             "selection": f"the best {len(trials)} by {by}" if by else "the Pareto front"}
+             "selection": _selection(study, len(trials), by=by)}
     return {
         "hpsearch_export": FORMAT_VERSION,
         "study": study.study_name,

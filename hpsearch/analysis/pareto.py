@@ -27,6 +27,8 @@ class ParetoReport:
     section: str  # the front's table, as HTML
     figure: Figure  # Optuna's Pareto-front plot
     view: optuna.Study  # the study on its first objective, for the rest of the report
+    line: str  # the report's one-line answer
+    rule: str  # how it was found
 
 
 def pareto_report(study: optuna.Study) -> ParetoReport | None:
@@ -36,9 +38,24 @@ def pareto_report(study: optuna.Study) -> ParetoReport | None:
         return None
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     front = pareto_front(study) if complete else []
+    line, rule = _answer(front, metric)
     return ParetoReport(section=_front_section(front, metric, n_complete=len(complete)),
                         figure=_front_figure(study, metric, n_complete=len(complete)),
-                        view=first_objective_view(study, metric))
+                        view=first_objective_view(study, metric), line=line, rule=rule)
+
+
+def _answer(front: list[FrozenTrial], metric: StudyMetric) -> tuple[str, str]:
+    if not front:
+        return "no completed trial yet", "A multi-objective study's answer is its Pareto front."
+
+    def named(t: FrozenTrial) -> str:
+        values = ", ".join(f"{n} {format_value(n, v)}" for n, v in zip(metric.names, t.values))
+        return f"#{t.number} ({values})"
+
+    ends = named(front[0]) + (f" to {named(front[-1])}" if len(front) > 1 else "")
+    return (f"a Pareto front of {len(front)} trial(s), from {ends}",
+            ("The completed trials that no other completed trial beats in every objective, "
+            f"ordered by {metric.name}; listed and drawn below."))
 
 
 def first_objective_view(study: optuna.Study, metric: StudyMetric) -> optuna.Study:

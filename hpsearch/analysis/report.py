@@ -76,9 +76,11 @@ def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
     figures = [*([pareto.figure] if pareto else []),
                *draw_figures(study, trials, complete, metric=metric)]
     answer = answer_study(study, trials, complete)
+    if pareto is not None:  # the front is the answer; the learning curves stay
+        answer = dataclasses.replace(answer, line=pareto.line, rule=pareto.rule)
     sections = [
-        *([pareto.section, figure_html(pareto.figure)] if pareto else []),
         answer.html(),
+        *([pareto.section, figure_html(pareto.figure)] if pareto else []),
         _summary_section(study, trials, complete, metric=metric, storage_url=storage_url),
         _outcome_section(trials),
         cost_section(cost_totals(trials, maximize=maximize), metric=metric),
