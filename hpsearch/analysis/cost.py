@@ -134,7 +134,7 @@ def cost_lines(totals: CostTotals) -> list[str]:
         last = totals.curve[-1]
         lines.append(f"  best so far reached at trial #{last.trial} after "
                      f"{describe_seconds(last.device_seconds)} of device time "
-                     f"({len(totals.curve)} improvements)")
+                     f"({len(totals.curve)} improvement{'s' if len(totals.curve) > 1 else ''})")
     return lines
 
 
