@@ -172,8 +172,8 @@ def _dashboard_trials(url: str) -> list[dict[str, Any]]:
             trials = json.loads(response.read())["trials"]
     finally:
         server.shutdown()
-        server.server_close()
         thread.join()
+        server.server_close()
     # Attribute values come as the dashboard shows them: strings.
     return [{**t, "user_attrs": {a["key"]: a["value"] for a in t["user_attrs"]}} for t in trials]
 

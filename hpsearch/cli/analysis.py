@@ -1,4 +1,4 @@
-"""`hpsearch dashboard`, `report`, `export` and `final`: what a study found, read and shown."""
+"""`hpsearch report`, `export` and `final`: what a study found, read and shown."""
 
 from __future__ import annotations
 
@@ -8,14 +8,6 @@ from typing import Any
 
 import click
 
-from hpsearch.analysis.dashboard import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
-    EXPOSED_WARNING,
-    dashboard_url,
-    is_loopback,
-    make_dashboard_server,
-)
 from hpsearch.analysis.export import export_document, load_exported, write_document
 from hpsearch.analysis.final import markdown, run_final
 from hpsearch.analysis.report import write_report
@@ -25,29 +17,6 @@ from hpsearch.data import DataDirs, describe_data
 from hpsearch.devices import DEVICE_HELP, resolve_device
 from hpsearch.search.objectives import format_value
 from hpsearch.search.record import load_existing_study
-
-
-@click.command("dashboard")
-@storage_option
-@click.option("--host", default=DEFAULT_HOST, show_default=True,
-              help="Address to bind; anything but loopback exposes a dashboard without login.")
-@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True,
-              help="Port to listen on (0: any free port).")
-def dashboard_command(state: CliState, host: str, port: int) -> None:
-    """Serve optuna-dashboard over the storage (Ctrl-C to stop)."""
-    handle = state.open_storage(heartbeat=False)  # may watch a storage before its first run
-    server = make_dashboard_server(handle, host=host, port=port)
-    url = dashboard_url(server, host)
-    if not is_loopback(host):
-        click.secho("WARNING: " + EXPOSED_WARNING.format(url=url, port=server.server_address[1]),
-                    fg="red", bold=True, err=True)
-    click.echo(f"optuna-dashboard for {handle.url} at {url} (Ctrl-C to stop)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        click.echo("dashboard stopped")
-    finally:
-        server.server_close()
 
 
 @click.command("report")
@@ -140,4 +109,4 @@ def final_command(export_file: Path, seeds: int, device: str, data_dir: DataDirs
     click.echo(f"wrote {output} and {output.with_suffix('.md')}")
 
 
-ANALYSIS_COMMANDS = (dashboard_command, report_command, export_command, final_command)
+ANALYSIS_COMMANDS = (report_command, export_command, final_command)

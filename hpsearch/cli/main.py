@@ -16,6 +16,7 @@ import yaml
 from hpsearch import __version__
 from hpsearch.analysis.rerun import rerun_trial
 from hpsearch.cli.analysis import ANALYSIS_COMMANDS
+from hpsearch.cli.dashboard import DASHBOARD_COMMANDS
 from hpsearch.cli.options import (
     RUN_THREADS,
     DeviceType,
@@ -191,7 +192,7 @@ def _print_run_report(report: WorkerReport, elapsed: float) -> None:
 main.add_command(worker_command)
 main.add_command(launch_command)
 main.add_command(status_command)
-for _command in ANALYSIS_COMMANDS:
+for _command in (*DASHBOARD_COMMANDS, *ANALYSIS_COMMANDS):
     main.add_command(_command)
 
 
