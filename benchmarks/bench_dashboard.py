@@ -25,7 +25,6 @@ import shutil
 import statistics
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.request
 import uuid
@@ -49,7 +48,7 @@ from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import orm
 
-from hpsearch.analysis.dashboard import Access, DashboardServer, dashboard_app
+from hpsearch.analysis.dashboard import DEFAULT_THREADS, Access, DashboardServer, dashboard_app
 from hpsearch.analysis.dashboard_auth import add_user
 from hpsearch.config import TrainConfig
 from hpsearch.search.provenance import RunRecord
@@ -140,19 +139,6 @@ def postgres_database() -> Iterator[str]:
             conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
-@contextmanager
-def serving(app: Any) -> Iterator[str]:
-    server = DashboardServer(app, host="127.0.0.1", port=0, threads=8)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-
-
 def timed_get(url: str, headers: dict[str, str]) -> tuple[float, int]:
     start = time.perf_counter()
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=600) as r:
@@ -204,7 +190,9 @@ def bench(trials: int, *, epochs: int, repeats: int, watch_page: bool, auth: Pat
         seen: list[str] = []
         # Watched without a login: a page opened as http://user:password@host/... cannot fetch.
         access = Access(auth_file=None if watch_page else auth, read_only=True)
-        with serving(recording(dashboard_app(handle, access), seen)) as base:
+        server = DashboardServer(recording(dashboard_app(handle, access), seen), host="127.0.0.1",
+                                 port=0, threads=DEFAULT_THREADS)
+        with server.in_background() as base:
             if watch_page:
                 watch(base, study._study_id, seen)
                 return

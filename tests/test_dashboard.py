@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,14 +55,8 @@ def served(storage_url: str) -> Iterator[str]:
     """A study made by `hpsearch run`, and the dashboard serving it on a free loopback port."""
     run_quickstart(storage_url)
     server = make_dashboard_server(open_storage(storage_url, heartbeat=None), host="127.0.0.1", port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    with server.in_background() as base:
+        yield base
 
 
 def test_dashboard_api_answers_on_every_storage(served: str) -> None:

@@ -9,7 +9,6 @@ import base64
 import json
 import random
 import stat
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -57,14 +56,8 @@ def auth_file(tmp_path: Path) -> Path:
 def serving(url: str, access: Access) -> Iterator[str]:
     server = make_dashboard_server(open_storage(url, heartbeat=None), host="127.0.0.1", port=0,
                                    access=access, threads=4)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    with server.in_background() as base:
+        yield base
 
 
 def request(url: str, method: str = "GET", body: Any = None,

@@ -8,7 +8,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from html import unescape
@@ -162,18 +161,11 @@ def test_an_interrupted_trial_reads_the_same_everywhere(
 
 def _dashboard_trials(url: str) -> list[dict[str, Any]]:
     server = make_dashboard_server(open_storage(url, heartbeat=None), host="127.0.0.1", port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with server.in_background() as base:
         with urllib.request.urlopen(f"{base}/api/studies", timeout=30) as response:
             (summary,) = json.loads(response.read())["study_summaries"]
         with urllib.request.urlopen(f"{base}/api/studies/{summary['study_id']}", timeout=30) as response:
             trials = json.loads(response.read())["trials"]
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
     # Attribute values come as the dashboard shows them: strings.
     return [{**t, "user_attrs": {a["key"]: a["value"] for a in t["user_attrs"]}} for t in trials]
 

@@ -10,13 +10,14 @@ routes of optuna-dashboard's own table that are known to read.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import json
 import logging
 import socket
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,19 @@ class DashboardServer:
 
     def server_close(self) -> None:
         wasyncore.close_all(self._map, ignore_all=True)
+
+    @contextlib.contextmanager
+    def in_background(self) -> Iterator[str]:
+        """Serve on a thread of its own while the block runs (tests, benchmarks): its base URL."""
+        thread = threading.Thread(target=self.serve_forever, daemon=True)
+        thread.start()
+        try:
+            host, port = self.server_address
+            yield f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        finally:
+            self.shutdown()
+            thread.join()
+            self.server_close()
 
 
 def make_dashboard_server(handle: StorageHandle, *, host: str, port: int,
