@@ -26,10 +26,6 @@ CURVES = 5  # learning curves of this many best trials: more lines hide the over
 COLOURS = qualitative.Plotly + qualitative.Dark24
 
 
-def _html(figure: go.Figure) -> str:
-    return figure.to_html(full_html=False, include_plotlyjs=False, default_width="100%")
-
-
 def config_label(trial: FrozenTrial) -> str:
     """`activation=relu, depth=8`: a trial's searched parameters, the name of its line."""
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
@@ -52,7 +48,7 @@ def grid_heatmap(table: GridTable, *, metric: str, maximize: bool) -> Figure:
     caption = (f"Each cell: the best completed trial's {metric}; a cell with none names how its "
                "trials ended (pruned, failed) or says it was not run, and stays blank. "
                "Brighter is better. " + table.note).strip()
-    return Figure(f"{metric} over {table.row_axis} x {table.col_axis}", caption, _html(figure))
+    return Figure("grid", f"{metric} over {table.row_axis} x {table.col_axis}", caption, figure)
 
 
 def _first_per_config(trials: Sequence[FrozenTrial]) -> list[tuple[FrozenTrial, InitStats]]:
@@ -89,7 +85,7 @@ def init_stats_figure(trials: Sequence[FrozenTrial]) -> Figure | None:
                "activation layer's output and of each layer's weight gradient, from one forward "
                "and backward pass at initialisation. Lines that fall by orders of magnitude "
                "towards the input side are vanishing gradients.")
-    return Figure("Activations and gradients at initialisation", caption, _html(figure))
+    return Figure("init_stats", "Activations and gradients at initialisation", caption, figure)
 
 
 def learning_curves(complete: Sequence[FrozenTrial], *, best: int = CURVES) -> Figure | None:
@@ -112,4 +108,5 @@ def learning_curves(complete: Sequence[FrozenTrial], *, best: int = CURVES) -> F
     caption = (f"The best {len(shown)} completed trials: training loss solid, validation loss "
                "dashed, same colour per trial. A validation loss that rises while the training "
                "loss falls is over-fitting; both flat and high is under-fitting.")
-    return Figure(f"Learning curves of the best {len(shown)} trials", caption, _html(figure))
+    return Figure("learning_curves", f"Learning curves of the best {len(shown)} trials", caption,
+                  figure)

@@ -10,6 +10,7 @@ report is repeatable, and each figure's caption says what it was drawn from.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import html
 import logging
 import random
@@ -18,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
 logger = logging.getLogger(__name__)
@@ -32,9 +34,20 @@ SAMPLE_SEED = 0
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
+    """One figure: a plotly object (which a notebook displays inline) and its caption."""
+
+    key: str  # a short stable name: "history", "importances", "grid", ...
     title: str
     caption: str
-    html: str | None  # None when the figure could not be drawn; caption says why
+    plot: go.Figure | None  # None when the figure could not be drawn; caption says why
+
+    @functools.cached_property
+    def html(self) -> str | None:
+        """The figure as an HTML fragment that uses the page's one copy of plotly.js."""
+        if self.plot is None:
+            return None
+        return str(self.plot.to_html(full_html=False, include_plotlyjs=False,
+                                     default_width="100%"))
 
 
 def _view(study: optuna.Study, trials: Sequence[FrozenTrial]) -> optuna.Study:
@@ -87,7 +100,7 @@ def draw_figures(
     vis = optuna.visualization
     if not complete:
         why = "no completed trial yet" if trials else "the study has no trials yet"
-        return [Figure(title, f"Not drawn: {why}.", None) for title in _FIGURE_TITLES]
+        return [Figure(key, title, f"Not drawn: {why}.", None) for key, title in _FIGURE_TITLES]
     plotted, plotted_note = _plot_sample(complete)
     imp_trials, imp_note = _importance_sample(complete)
     curves, curves_note = _curve_sample(trials, complete)
@@ -100,41 +113,43 @@ def draw_figures(
     top2 = list(importances)[:2] if len(importances) >= 2 else params[:2]
     history_note = f"all {len(complete)} completed trials (of {len(trials)})"
 
-    def draw(title: str, note: str, make: Callable[[], Any], unless: str | None = None) -> Figure:
+    def draw(key: str, title: str, note: str, make: Callable[[], Any],
+             unless: str | None = None) -> Figure:
         if unless:
-            return Figure(title, f"Not drawn: {unless}.", None)
+            return Figure(key, title, f"Not drawn: {unless}.", None)
         try:
             figure = _quiet(make)
         except Exception as e:  # one bad figure must not lose the whole report
             logger.warning("figure %r failed", title, exc_info=True)
-            return Figure(title, f"Not drawn: {type(e).__name__}: {e}.", None)
-        return Figure(title, f"Drawn from {note}.", figure.to_html(
-            full_html=False, include_plotlyjs=False, default_width="100%"))
+            return Figure(key, title, f"Not drawn: {type(e).__name__}: {e}.", None)
+        return Figure(key, title, f"Drawn from {note}.", figure)
 
     no_params = "the study has no searched parameters" if not params else None
     return [
-        draw("Optimization history", history_note,
+        draw("history", "Optimization history", history_note,
              lambda: vis.plot_optimization_history(study, target_name=metric)),
-        draw("Parameter importances", imp_note + " (Optuna's default evaluator)",
+        draw("importances", "Parameter importances", imp_note + " (Optuna's default evaluator)",
              lambda: vis.plot_param_importances(_view(study, imp_trials), target_name=metric),
              no_params or ("importances need at least 2 completed trials" if len(complete) < 2 else None)),
-        draw("Parallel coordinates", plotted_note,
+        draw("parallel_coordinate", "Parallel coordinates", plotted_note,
              lambda: vis.plot_parallel_coordinate(plot_view, target_name=metric), no_params),
-        draw("Slice plots", plotted_note,
+        draw("slice", "Slice plots", plotted_note,
              lambda: vis.plot_slice(plot_view, target_name=metric), no_params),
-        draw(f"Contour of {' and '.join(top2) if len(top2) == 2 else 'the two most important parameters'}",
+        draw("contour", f"Contour of {' and '.join(top2) if len(top2) == 2 else 'the two most important parameters'}",
              plotted_note + "; the two most important parameters",
              lambda: vis.plot_contour(plot_view, params=top2, target_name=metric),
              "a contour needs two searched parameters" if len(top2) < 2 else None),
-        draw("Intermediate values (learning curves)", curves_note,
+        draw("intermediate_values", "Intermediate values (learning curves)", curves_note,
              lambda: vis.plot_intermediate_values(_view(study, curves)),
              "no trial reported per-epoch values" if not curves else None),
     ]
 
 
-_FIGURE_TITLES = ("Optimization history", "Parameter importances", "Parallel coordinates",
-                  "Slice plots", "Contour of the two most important parameters",
-                  "Intermediate values (learning curves)")
+_FIGURE_TITLES = (
+    ("history", "Optimization history"), ("importances", "Parameter importances"),
+    ("parallel_coordinate", "Parallel coordinates"), ("slice", "Slice plots"),
+    ("contour", "Contour of the two most important parameters"),
+    ("intermediate_values", "Intermediate values (learning curves)"))
 
 
 def _quiet(make: Callable[[], Any]) -> Any:

@@ -92,7 +92,7 @@ def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
     page = _PAGE.format(
         title=html.escape(f"hpsearch report: {study.study_name}"),
         # Inlined once, and only when there is a figure to draw (it is 4.7 MB).
-        plotlyjs=plotly.offline.get_plotlyjs() if any(f.html for f in [*figures, *answer.figures])
+        plotlyjs=plotly.offline.get_plotlyjs() if any(f.plot for f in [*figures, *answer.figures])
         else "",
         body="\n".join(sections),
         footer=html.escape(

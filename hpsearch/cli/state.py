@@ -16,15 +16,14 @@ from click.core import ParameterSource
 
 from hpsearch.cli.options import DATA_DIR_HELP
 from hpsearch.data import DataDirs, default_cache_dir
-from hpsearch.errors import StorageError
 from hpsearch.search.runs import Prepared, StudyOptions, prepare_run
 from hpsearch.search.storage import (
     DEFAULT_DB_RETRY_SECONDS,
     DEFAULT_HEARTBEAT,
     DEFAULT_STORAGE,
     StorageHandle,
+    open_existing_storage,
     open_storage,
-    storage_file,
 )
 
 
@@ -56,16 +55,10 @@ class CliState:
         """The storage for a command that only reads (best, status, report, export, rerun):
         a SQLite or journal file that does not exist is an error, not a new empty file."""
         url = self.storage_url
-        path = storage_file(url)
-        if path is not None and not path.exists():
-            raise StorageError(
-                f"storage {url!r}: {path} does not exist (nothing was created); give the file your "
-                "study was run into with --storage or HPSEARCH_STORAGE (paths are relative to the "
-                f"current folder, {Path.cwd()}), or create a study first with `hpsearch run STUDY "
-                f"--storage {url}`"
-            )
-        return open_storage(url, heartbeat=None, readonly=True,
-                            db_retry_seconds=self.db_retry_seconds)
+        return open_existing_storage(url, db_retry_seconds=self.db_retry_seconds, hint=(
+            "give the file your study was run into with --storage or HPSEARCH_STORAGE (paths are "
+            f"relative to the current folder, {Path.cwd()}), or create a study first with "
+            f"`hpsearch run STUDY --storage {url}`"))
 
     def prepare(self, options: StudyOptions) -> Prepared:
         """`prepare_run` with this invocation's storage, cache folder and download setting."""

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from hpsearch.data import DataCache, DataDirs
-from hpsearch.devices import resolve_device
+from hpsearch.devices import parse_device, resolve_device
+from hpsearch.errors import StudyError
 from hpsearch.search.convergence import DEFAULT_MIN_TRIALS
-from hpsearch.search.registry import load_study
+from hpsearch.search.registry import PRUNERS, SAMPLERS, load_study
 from hpsearch.search.reports import OnProgress
 from hpsearch.search.settings import RunSettings, resolve_settings
 from hpsearch.search.storage import StorageHandle
@@ -62,6 +63,21 @@ class StudyOptions:
             load_study(self.study), study_name=self.study_name, dataset=self.dataset,
             epochs=self.epochs, seed=self.seed, sampler=self.sampler, pruner=self.pruner,
             data_dir=data, cv=self.cv, allow_other_data=self.allow_other_data)
+
+    def check(self) -> None:
+        """What the command line's option types check, for callers from Python: each bad value
+        is a StudyError naming it (a 0 would otherwise read as 'the module's default')."""
+        for name, low in (("trials", 1), ("epochs", 1), ("cv", 0), ("population", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < low):
+                raise StudyError(f"{name}={value!r}: give a whole number of at least {low}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise StudyError(f"timeout={self.timeout!r}: give a number of seconds above 0")
+        for name, valid in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if getattr(self, name) not in (None, *valid):
+                raise StudyError(f"{name}={getattr(self, name)!r}: use one of {', '.join(valid)}")
+        parse_device(self.device)
 
     @property
     def speed(self) -> SpeedOptions:

@@ -302,3 +302,15 @@ def storage_file(url: str | None) -> Path | None:
         return Path(str(parsed.database))
     return None
 
+
+
+def open_existing_storage(
+    url: str, *, hint: str, db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS,
+) -> StorageHandle:
+    """The storage for a reader (best, status, report, export, the API's loaders), read-only: a
+    SQLite or journal file that does not exist is an error (`hint` says what to do), not a new
+    empty file."""
+    path = storage_file(url)
+    if path is not None and not path.exists():
+        raise StorageError(f"storage {url!r}: {path} does not exist (nothing was created); {hint}")
+    return open_storage(url, heartbeat=None, readonly=True, db_retry_seconds=db_retry_seconds)
