@@ -31,7 +31,7 @@ from hpsearch.analysis.export import export_document, load_exported, write_docum
 from hpsearch.analysis.final import markdown, run_final
 from hpsearch.analysis.report import Report, build_report, level_parameters, parameter_table
 from hpsearch.config import TrainConfig
-from hpsearch.data import DataCache, DataDirs, default_cache_dir
+from hpsearch.data import DataCache, DataDirs
 from hpsearch.devices import resolve_device
 from hpsearch.errors import StudyError
 from hpsearch.search.outcomes import interrupt_reason, outcome_reason, trial_outcome
@@ -70,7 +70,8 @@ def run_study(
         raise StudyError(f"unknown option(s) {', '.join(unknown)}; valid ones: {valid}")
     chosen = StudyOptions(study=str(study), **options)
     chosen.check()
-    run = prepare_run(chosen, cache_dir=cache_dir or default_cache_dir(), download=download,
+    dirs = _dirs(None, cache_dir, download)
+    run = prepare_run(chosen, cache_dir=dirs.cache_dir, download=download,
                       open_storage=lambda: open_storage(storage))
     bar = _TrialBar(run.budget, name=run.settings.study_name, enabled=progress)
     try:
@@ -96,7 +97,7 @@ def train(
     whole official training set and evaluate the test set (`result.test`), as `final` does
     (the config then needs `stopping="fixed"`)."""
     torch_device = resolve_device(device)
-    dirs = DataDirs(data_dir=data_dir, cache_dir=cache_dir or default_cache_dir(), download=download)
+    dirs = _dirs(data_dir, cache_dir, download)
     splits = DataCache(dirs, torch_device).get(
         config.dataset, val_fraction=config.val_fraction, split_seed=config.split_seed, final=test)
     from tqdm.auto import tqdm
@@ -159,7 +160,7 @@ def final_evaluation(
     if seeds < 1:
         raise StudyError(f"seeds={seeds!r}: train each config at least once")
     path = Path(export_file)
-    dirs = DataDirs(data_dir=data_dir, cache_dir=cache_dir or default_cache_dir(), download=download)
+    dirs = _dirs(data_dir, cache_dir, download)
     return FinalEvaluation(run_final(load_exported(path), seeds=seeds, device=resolve_device(device),
                                      data_dir=dirs, export_path=path,
                                      allow_other_data=allow_other_data))
@@ -247,6 +248,13 @@ def write_report(study: optuna.Study | str, path: str | Path, *,
 def _report(study: optuna.Study | str, storage: str) -> Report:
     loaded, url = _load(study, storage)
     return build_report(loaded, storage_url=url)
+
+
+def _dirs(data_dir: Path | None, cache_dir: Path | None, download: bool) -> DataDirs:
+    """Where data are read: `data_dir` only when given, else the cache (~/.cache/hpsearch)."""
+    if cache_dir is None:
+        return DataDirs(data_dir=data_dir, download=download)
+    return DataDirs(data_dir=data_dir, cache_dir=Path(cache_dir), download=download)
 
 
 def _interactive() -> bool:
