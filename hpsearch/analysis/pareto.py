@@ -100,17 +100,16 @@ def _front_section(front: list[FrozenTrial], metric: StudyMetric, *, n_complete:
 
 def _front_figure(study: optuna.Study, metric: StudyMetric, *, n_complete: int) -> Figure:
     if not n_complete:
-        return Figure(FRONT_TITLE, "Not drawn: no completed trial yet.", None)
+        return Figure("pareto_front", FRONT_TITLE, "Not drawn: no completed trial yet.", None)
     if len(metric.names) > 3:
-        return Figure(FRONT_TITLE, f"Not drawn: Optuna plots a front of 2 or 3 objectives, this "
-                                   f"study has {len(metric.names)}.", None)
+        return Figure("pareto_front", FRONT_TITLE, "Not drawn: Optuna plots a front of 2 or 3 "
+                      f"objectives, this study has {len(metric.names)}.", None)
     try:
         figure = _quiet(lambda: optuna.visualization.plot_pareto_front(
             study, target_names=list(metric.names)))
     except Exception as e:  # one bad figure must not lose the whole report
         logger.warning("the Pareto-front figure failed", exc_info=True)
-        return Figure(FRONT_TITLE, f"Not drawn: {type(e).__name__}: {e}.", None)
-    return Figure(FRONT_TITLE, f"Drawn from all {n_complete} completed trials by Optuna's "
-                               "plot_pareto_front: the front in shades of red, dominated trials in "
-                               "blue (darker: later trials).",
-                  figure.to_html(full_html=False, include_plotlyjs=False, default_width="100%"))
+        return Figure("pareto_front", FRONT_TITLE, f"Not drawn: {type(e).__name__}: {e}.", None)
+    return Figure("pareto_front", FRONT_TITLE, (
+        f"Drawn from all {n_complete} completed trials by Optuna's plot_pareto_front: the front "
+        "in shades of red, dominated trials in blue (darker: later trials)."), figure)
