@@ -73,7 +73,9 @@ def remove_checkpoints(directory: Path, study_name: str, numbers: list[int]) -> 
     """Remove the files of a finished trial and of the attempts it repeated."""
     for n in numbers:
         path = checkpoint_file(directory, study_name, n).path
-        try:
-            path.unlink(missing_ok=True)
-        except OSError as e:
-            logger.warning("cannot remove checkpoint %s: %s", path, e)
+        # With the temporary file of a worker killed while it wrote.
+        for one in [path, *path.parent.glob(f".{path.name}.*.tmp")]:
+            try:
+                one.unlink(missing_ok=True)
+            except OSError as e:
+                logger.warning("cannot remove checkpoint %s: %s", one, e)

@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -67,7 +67,10 @@ class CheckpointFile:
         header = {**self.header(config), "payload_sha256": hashlib.sha256(payload).hexdigest(),
                   "payload_bytes": len(payload)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        # A name of its own (not mkstemp's, whose mode 0600 would hide the file from workers
+        # running as other users of a shared folder): the umask decides, as for any file.
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(MAGIC + json.dumps(header).encode() + b"\n")

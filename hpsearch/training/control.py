@@ -240,7 +240,7 @@ def _resume(engine: Resumable, member: Member, checkpoint: RunCheckpoint,
     except (CheckpointError, KeyError, TypeError, ValueError) as e:
         logger.warning("checkpoint %s ignored: %s; the run starts from epoch 1", source.path, e)
         return member, 1, started
-    logger.info("resuming from epoch %d of %s", epoch, source.path)
+    logger.info("resuming after epoch %d from %s", epoch, source.path)
     if checkpoint.on_resume is not None:
         checkpoint.on_resume(source, restored.history)
     return restored, epoch + 1, started - float(state["elapsed"])
