@@ -109,7 +109,7 @@ _OPTIONS: dict[str, tuple[str, dict[str, Any]]] = {
     "data_dir": _opt("--data-dir", type=click.Path(file_okay=False, path_type=Path), help=DATA_DIR_HELP),
     "epochs": _opt("--epochs", type=click.IntRange(min=1), help="Maximum epochs per trial [module's default]."),
     "device": _opt("--device", type=DeviceType(), default="auto", show_default=True, help=DEVICE_HELP),
-    "seed": _opt("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and each trial (seed + trial number)."),
+    "seed": _opt("--seed", type=int, default=0, show_default=True, help="Seeds the sampler and each trial (seed + trial number; a trial queued again keeps the seed of the one it repeats)."),
     "sampler": _opt("--sampler", type=click.Choice(SAMPLERS), help="[module's default, usually tpe]"),
     "pruner": _opt("--pruner", type=click.Choice(PRUNERS), help="[module's default]"),
     "cv": _opt("--cv", type=click.IntRange(min=0), help=(
