@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_STORAGE ?= sqlite:///demo.db
 
-.PHONY: install demo test system-deps test-slow test-browser lint bench-workers bench-trainer clean
+.PHONY: install demo test system-deps test-slow test-browser lint bench-workers bench-trainer \
+	bench-update gpu-check gpu-wheels gpu-data clean
 
 $(BIN)/hpsearch: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -70,5 +71,37 @@ BENCH_ARGS ?=
 bench-trainer: install
 	$(BIN)/python benchmarks/bench_trainer.py --data-dir $(FASHION_MNIST_DIR) $(BENCH_ARGS)
 
+# The stacked optimizer's update, eager against fused, in ms per step at K = 8, 64, 256.
+BENCH_UPDATE_ARGS ?= --device cpu
+bench-update: install
+	$(BIN)/python benchmarks/bench_stacked_update.py $(BENCH_UPDATE_ARGS)
+
+# Every GPU measurement in one run (README, "GPU check"): writes $(OUT)/gpu-check.{json,md}.
+# No `install` prerequisite: a GPU machine has python3 with torch but no network; the script
+# installs the wheels of `make gpu-wheels` (.whl/) itself. DEVICE=cpu: the reduced CPU run.
+OUT ?= gpu-check
+DEVICE ?= cuda
+GPU_CHECK_ARGS ?=
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_PYTHON) benchmarks/gpu_check.py --out $(OUT) --device $(DEVICE) $(GPU_CHECK_ARGS)
+
+# What a bare GPU machine (Python 3.12, torch, numpy, scipy, scikit-learn, pytest; no network)
+# lacks for hpsearch: these wheels, for cp312 manylinux x86_64, the versions CI installs.
+GPU_WHEELS ?= optuna==5.1.0 alembic==1.20.1 Mako==1.4.3 SQLAlchemy==2.1.9 colorlog==6.12.0 \
+	cmaes==0.13.1 optuna-dashboard==0.21.0 bottle==0.13.4 plotly==7.1.0 narwhals==2.29.0 \
+	psycopg==3.3.9 psycopg-binary==3.3.9
+GPU_PYTHON_VERSION ?= 3.12
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON_VERSION) \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
+
+# Fashion-MNIST's four files where the GPU run looks first (carry .gpu-data with .whl).
+GPU_DATA_SOURCE ?= $(firstword $(wildcard ../shared/data/fashion-mnist) $(FASHION_MNIST_DIR))
+gpu-data:
+	mkdir -p .gpu-data/fashion-mnist
+	cp $(GPU_DATA_SOURCE)/*-ubyte* .gpu-data/fashion-mnist/
+
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache demo.db demo.log *.hpsearch-* *.torn-* report.html best.yaml final.json final.md
+	rm -rf $(VENV) *.egg-info .pytest_cache demo.db demo.log *.hpsearch-* *.torn-* report.html best.yaml final.json final.md gpu-check

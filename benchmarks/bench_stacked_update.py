@@ -19,6 +19,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,14 +59,14 @@ def main() -> None:
                                          "params": args.params, "rows": rows}, indent=2))
 
 
-def measure(kind: str, k: int, params: int, device: torch.device, seconds: float) -> dict[str, object]:
+def measure(kind: str, k: int, params: int, device: torch.device, seconds: float) -> dict[str, Any]:
     """One row: eager and fused ms per step, the fused path's first-call (compile) seconds."""
     configs = [TrainConfig(optimizer=kind, lr=1e-3 * (1 + i % 7), weight_decay=1e-4 * (i % 3),
                            momentum=0.9 if kind == "sgd" else 0.0) for i in range(k)]
     source = torch.randn(k, params, device=device)
     grad = torch.empty_like(source)
     refill = _per_step(lambda: grad.copy_(source), device, seconds)
-    result: dict[str, object] = {"kind": kind, "k": k, "params": params, "refill_ms": 1000 * refill}
+    result: dict[str, Any] = {"kind": kind, "k": k, "params": params, "refill_ms": 1000 * refill}
     for name, fused in (("eager", False), ("fused", True)):
         flat = torch.randn(k, params, device=device)
         optimizer = StackedOptimizer(flat, configs, fused=fused)

@@ -1,0 +1,81 @@
+"""`make gpu-check` on the CPU: the runner, its parts in their own processes, the files it writes.
+
+The GPU itself is not here; these run benchmarks/gpu_check.py as `make gpu-check DEVICE=cpu`
+does, on synthetic IDX files and the tiny profile, so that the command a GPU session runs is
+known to work up to the device.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import write_idx
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], check=False,
+                          capture_output=True, text=True, cwd=ROOT, timeout=280)
+
+
+def test_gpu_check_on_the_cpu_writes_every_part_it_ran(tmp_path: Path) -> None:
+    data = write_idx(tmp_path / "idx", n_train=300, n_test=50)
+    out = tmp_path / "out"
+    done = _run("--device", "cpu", "--profile", "tiny", "--data-dir", str(data), "--out", str(out),
+                "--parts", "notebook,stacked,study")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert [(p["name"], p["status"]) for p in report["parts"]] == [
+        ("notebook", "ok"), ("stacked", "ok"), ("study", "ok")]
+    rows = {r["variant"]: r for p in report["parts"] for r in p["rows"]}
+    assert sorted(rows) == ["(a) notebook: DataLoader + ToTensor", "(c) stack of 2",
+                            "(d) study hinton_mlp, 2 trials, --population 2"]
+    for row in rows.values():
+        # Each class of the synthetic images lights its own patch: one epoch learns them.
+        assert row["s_per_trial"] > 0 and row["val_accuracy"] > 0.5, row
+        assert row["peak_gpu_mib"] is None  # measured on CUDA only
+    markdown = (out / "gpu-check.md").read_text()
+    stack = rows["(c) stack of 2"]
+    notebook = rows["(a) notebook: DataLoader + ToTensor"]
+    ratio = notebook["s_per_trial"] / stack["s_per_trial"]
+    assert f"| hinton | (c) stack of 2 | {stack['s_per_trial']:.3f} |" in markdown
+    assert f"| {ratio:.1f}x |" in markdown
+    assert "| study | ok |" in markdown
+
+
+def test_gpu_check_stops_a_part_at_the_budget_and_says_what_did_not_run(tmp_path: Path) -> None:
+    """A 4 s budget: the first part is killed at 4 s (or, on a fast machine, ends within them)
+    and the second is not started; the exit status and the report say so."""
+    data = write_idx(tmp_path / "idx", n_train=300, n_test=50)
+    out = tmp_path / "out"
+    done = _run("--device", "cpu", "--profile", "tiny", "--data-dir", str(data), "--out", str(out),
+                "--parts", "single,stacked", "--budget", "4")
+    assert done.returncode == 1
+    report = json.loads((out / "gpu-check.json").read_text())
+    first, second = report["parts"]
+    assert first["status"] in ("ok", "timeout after 4 s"), first
+    assert second["status"] == "not run: the budget was spent"
+    assert "not ok: " in done.stdout and "stacked" in done.stdout
+    assert "| stacked | not run: the budget was spent |" in (out / "gpu-check.md").read_text()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_gpu_check_without_cuda_says_so_and_exits_2(tmp_path: Path) -> None:
+    done = _run("--out", str(tmp_path / "out"))
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "gpu-check: no CUDA device here; run `make gpu-check DEVICE=cpu` for the reduced CPU run"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_gpu_check_refuses_an_unknown_part(tmp_path: Path) -> None:
+    done = _run("--device", "cpu", "--parts", "single,warp-drive", "--out", str(tmp_path))
+    assert done.returncode == 2 and "unknown part(s) warp-drive" in done.stderr
