@@ -60,7 +60,8 @@ def run_study(
 
     `options` are those of `hpsearch run`, as keywords: trials, timeout, study_name, dataset,
     data_dir, epochs, device, seed, sampler, pruner, cv, allow_other_data, population, compile,
-    bf16, allow_mixed_precision. `cache_dir` is where downloads go (~/.cache/hpsearch).
+    bf16, allow_mixed_precision, checkpoint_dir (a folder: a trial whose run was interrupted
+    resumes from its last epoch). `cache_dir` is where downloads go (~/.cache/hpsearch).
     Interrupted (KeyboardInterrupt), the running trial is queued again and the interrupt raised
     again; call `run_study` with the same arguments to resume.
     """

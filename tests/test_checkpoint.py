@@ -135,9 +135,11 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("damage", ["none", "corrupt", "truncated", "another trial's"])
+@pytest.mark.parametrize(("damage", "population"), [
+    ("none", 1), ("none", 2), ("corrupt", 1), ("truncated", 1), ("another trial's", 1)])
 def test_a_requeued_trial_resumes_from_the_checkpoint_of_the_trial_it_repeats(
-    damage: str, tmp_path: Path, sqlite_url: str, caplog: pytest.LogCaptureFixture
+    damage: str, population: int, tmp_path: Path, sqlite_url: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = resolve_settings(load_study("quickstart"), epochs=3, pruner="none")
     handle = open_storage(sqlite_url, heartbeat=None)
@@ -157,9 +159,10 @@ def test_a_requeued_trial_resumes_from_the_checkpoint_of_the_trial_it_repeats(
     requeue(study, handle.storage.get_trial(trial_id(lost)))
 
     with caplog.at_level(logging.INFO):
-        report = run_worker(handle, settings, WorkerOptions(trials=1, device=CPU,
-                                                            checkpoint_dir=folder))
-    assert [o.outcome for o in report.outcomes] == ["complete"]
+        # With --population 2 it is asked with a new trial of its shape, and trains alone.
+        report = run_worker(handle, settings, WorkerOptions(
+            trials=population, device=CPU, population=population, checkpoint_dir=str(folder)))
+    assert [o.outcome for o in report.outcomes] == ["complete"] * population
     repeat = study.get_trials()[1]
     assert repeat.system_attrs[ATTR_REPEATS] == [0]
     assert repeat.user_attrs["config"] == config.to_dict()  # its first attempt's seed

@@ -29,8 +29,9 @@ ATTR_RESUMED = "resumed"  # trial user attribute: {"trial": N, "epoch": k} it re
 SUFFIX = ".ckpt"
 
 
-def prepare_directory(directory: Path) -> Path:
+def prepare_directory(directory: Path | str) -> Path:
     """Create the checkpoint folder if needed; a StudyError naming it when it is not writable."""
+    directory = Path(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         probe = directory / ".hpsearch-write-test"

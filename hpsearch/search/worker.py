@@ -136,7 +136,8 @@ def run_worker(
     passes). `data` is the data cache the caller may have loaded already."""
     options.check()
     if options.checkpoint_dir is not None:
-        prepare_directory(options.checkpoint_dir)
+        options = dataclasses.replace(options,
+                                      checkpoint_dir=prepare_directory(options.checkpoint_dir))
     grid = grid_size(settings)
     if grid is not None and options.trials > grid:
         logger.warning("the grid has %d points; running %d trials, not %d", grid, grid,
