@@ -185,6 +185,9 @@ def test_a_missing_or_wrong_login_gets_401_and_changes_nothing(study_url: str,
         # A user added while it serves logs in without a restart.
         add_user(auth_file, "bob", "another one")
         assert request(f"{base}/api/meta", user=("bob", "another one"))[0] == 200
+        # A file spoiled while serving locks everyone out instead of failing open.
+        auth_file.write_text("bob has no hash\n")
+        assert request(f"{base}/api/meta", user=("bob", "another one"))[0] == 401
 
 
 def invoke_dashboard(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:

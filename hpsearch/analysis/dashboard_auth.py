@@ -118,19 +118,25 @@ class BasicAuth:
         self._app, self._path = app, path
         self._lock = threading.Lock()
         self._key = secrets.token_bytes(32)
-        self._stamp: tuple[float, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._users: dict[str, str] = {}
         self._verified: set[bytes] = set()
+        read_users(path)  # a bad file stops the server before it starts
         self._reload()
 
     def _reload(self) -> dict[str, str]:
-        stat = self._path.stat()
-        stamp = (stat.st_mtime, stat.st_ino)
-        with self._lock:
-            if stamp != self._stamp:
-                self._users, self._stamp = read_users(self._path), stamp
-                self._verified = set()
-            return self._users
+        try:
+            stat = self._path.stat()
+            stamp = (stat.st_mtime_ns, stat.st_ino, stat.st_size)
+            with self._lock:
+                if stamp != self._stamp:
+                    self._users, self._stamp = read_users(self._path), stamp
+                    self._verified = set()
+        except (OSError, HPSearchError) as e:  # edited badly or removed while serving: fail closed
+            logger.error("--auth-file %s: %s; nobody can log in until it is fixed", self._path, e)
+            with self._lock:
+                self._users, self._stamp, self._verified = {}, None, set()
+        return self._users
 
     def check(self, header: str) -> str | None:
         """The user `header` authenticates, or None."""
