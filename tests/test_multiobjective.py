@@ -248,3 +248,28 @@ def test_the_dashboard_shows_the_front_in_its_own_views(study_url: str) -> None:
     assert "Pareto Front" in text and "Objective X: val_error" in text.replace(" ", " ")
     best = text.split("Best Trials", 1)[1].split("Study User Attributes", 1)[0]
     assert {int(n) for n in re.findall(r"Trial (\d+) Objective Values", best)} == expected
+
+
+def test_three_objectives_under_cross_validation_are_told_from_the_folds(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cv.db'}"
+    module = tmp_path / "costs.py"
+    module.write_text('''"""Error, time and size on iris, 3 folds."""
+from hpsearch.config import TrainConfig
+BASE = TrainConfig(dataset="iris", hidden=(4,), epochs=2)
+METRICS = {"val_error": "minimize", "epoch_seconds": "minimize", "n_params": "minimize"}
+CV = 3
+def suggest(trial, base):
+    return base.replace(hidden=(trial.suggest_int("width", 2, 8),))
+''')
+    result = CliRunner().invoke(main, ["run", str(module), "--trials", "2", "--storage", url,
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="costs", storage=url)
+    assert study.metric_names == ["val_error", "epoch_seconds", "n_params"]
+    for t in study.trials:
+        cv = t.user_attrs["cv"]
+        error, seconds, size = t.values
+        assert cv["k"] == 3 and error == pytest.approx(statistics.fmean(cv["values"]))
+        # Stored fold seconds are rounded to the millisecond.
+        assert seconds == pytest.approx(sum(cv["seconds"]) / sum(cv["epochs_run"]), abs=1e-3)
+        assert size == t.user_attrs["result"]["n_params"]
