@@ -87,6 +87,11 @@ def test_best_prints_exactly_the_non_dominated_trials(study_url: str) -> None:
     assert "best: trial" not in status.output
 
 
+def test_studies_lists_the_metrics_of_a_multi_objective_module() -> None:
+    output = CliRunner().invoke(main, ["studies"]).output
+    assert "none pruner, metrics val_error, n_params (a Pareto front)" in output
+
+
 def test_a_pruner_request_is_refused_with_the_reason(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'p.db'}"
     result = CliRunner().invoke(main, ["run", "mlp_size", "--pruner", "median", "--trials", "1",

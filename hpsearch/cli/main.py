@@ -111,7 +111,9 @@ def studies_command() -> None:
         click.echo(f"{spec.name:12} {spec.description}")
         click.echo(
             f"{'':12} data: {', '.join(spec.datasets)}; {spec.trials} trials, "
-            f"{spec.sampler} sampler, {spec.pruner} pruner, metric {spec.metric}"
+            f"{spec.sampler} sampler, {spec.pruner} pruner, "
+            + (f"metrics {', '.join(spec.metrics)} (a Pareto front)" if spec.multi_objective
+               else f"metric {spec.metric}")
             + (f", {spec.cv}-fold cross-validation on small sets" if spec.cv else "")
         )
     for message in broken:
