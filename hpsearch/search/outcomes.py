@@ -18,6 +18,7 @@ A trial still RUNNING or WAITING (queued) has no outcome yet and is named by its
 from __future__ import annotations
 
 import signal
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -60,6 +61,39 @@ def interrupt_on_signals() -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+    _swallowed.clear()
+    if not isinstance(sys.unraisablehook, _KeepInterrupts):
+        sys.unraisablehook = _KeepInterrupts(sys.unraisablehook)
+
+
+# Stop signals whose KeyboardInterrupt was raised where Python cannot propagate it.
+_swallowed: list[KeyboardInterrupt] = []
+
+
+class _KeepInterrupts:
+    """`sys.unraisablehook` that keeps a KeyboardInterrupt raised inside a finalizer or weakref
+    callback, which Python prints as "Exception ignored in ..." and drops. The garbage collector
+    runs those at any allocation, so a signal can land there: seen with SQLAlchemy's weakref
+    callbacks, where a Slurm task's SIGTERM left its worker training until SIGKILL, its trial
+    RUNNING. `raise_swallowed_interrupt` raises it again where the worker can act on it."""
+
+    def __init__(self, previous: object) -> None:
+        self.previous = previous
+
+    def __call__(self, unraisable: sys.UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _swallowed.append(unraisable.exc_value)
+        else:
+            self.previous(unraisable)  # type: ignore[operator]
+
+
+def raise_swallowed_interrupt() -> None:
+    """Raise a stop signal that a finalizer swallowed (`_KeepInterrupts`), once: the trial path
+    asks at every report and the worker before every trial."""
+    if _swallowed:
+        interrupt = _swallowed[0]
+        _swallowed.clear()
+        raise interrupt
 
 
 def interrupt_reason(error: BaseException) -> str:

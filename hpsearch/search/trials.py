@@ -51,6 +51,7 @@ from hpsearch.search.outcomes import (
     INTERRUPTED,
     TAKEN_OVER,
     interrupt_reason,
+    raise_swallowed_interrupt,
 )
 from hpsearch.search.record import RunRecord, config_attrs, finished_attrs, set_attrs
 from hpsearch.search.registry import suggest_config
@@ -239,6 +240,7 @@ def _train_folds(run: _Run, member: _Member) -> None:
 def _step(run: _Run, member: _Member, value: float, step: int, *, of: int, unit: str) -> bool:
     """Report a member's value at `step` (epoch or folds done); True stops its training: its
     pruner said so, or another worker has taken the trial over."""
+    raise_swallowed_interrupt()
     trial = member.trial
     if run.on_progress is not None:
         run.on_progress(Progress(trial.number, step, of, unit))

@@ -26,7 +26,13 @@ from hpsearch.errors import StudyError
 from hpsearch.search.checkpoints import prepare_directory
 from hpsearch.search.convergence import DEFAULT_MIN_TRIALS, ConvergenceWatch
 from hpsearch.search.liveness import recover_lost_trials
-from hpsearch.search.outcomes import COUNTED, ORDER, TAKEN_OVER, trial_outcome
+from hpsearch.search.outcomes import (
+    COUNTED,
+    ORDER,
+    TAKEN_OVER,
+    raise_swallowed_interrupt,
+    trial_outcome,
+)
 from hpsearch.search.record import ATTR_RUN, RunRecord, StudyRecord
 from hpsearch.search.reports import OnProgress, TrialOutcome
 from hpsearch.search.settings import RunSettings, data_record, grid_size
@@ -172,6 +178,7 @@ class _Worker:
                                  min_trials=options.stop_min_trials) \
             if options.stop_when_converged else None  # off the path without the flag
         while True:
+            raise_swallowed_interrupt()
             if deadline is not None and time.monotonic() > deadline:
                 report.stopped = "timeout"
                 return report
