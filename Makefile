@@ -36,9 +36,10 @@ test: install system-deps
 	HPSEARCH_REQUIRE_POSTGRES=1 $(BIN)/python -m pytest
 
 # Debian packages the default suite uses for real: headless Chromium renders optuna-dashboard
-# and the report. Installed with apt-get where a command is missing (needs root, or sudo).
-SYSTEM_PACKAGES ?= chromium
-SYSTEM_COMMANDS ?= chromium
+# and the report; Slurm and munge run a single-node cluster for the job-array test. Installed
+# with apt-get where a command is missing (needs root, or sudo).
+SYSTEM_PACKAGES ?= chromium slurm-wlm munge
+SYSTEM_COMMANDS ?= chromium slurmctld slurmd munged
 SUDO ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null || missing=1; done; \

@@ -32,6 +32,7 @@ from hpsearch.cli.parallel import (
     status_command,
     worker_command,
 )
+from hpsearch.cli.slurm import slurm_script_command
 from hpsearch.cli.state import (
     CliState,
     data_dir_option,
@@ -194,6 +195,7 @@ def _print_run_report(report: WorkerReport, elapsed: float) -> None:
 main.add_command(worker_command)
 main.add_command(launch_command)
 main.add_command(status_command)
+main.add_command(slurm_script_command)
 for _command in (*DASHBOARD_COMMANDS, *ANALYSIS_COMMANDS):
     main.add_command(_command)
 

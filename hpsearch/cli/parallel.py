@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 import socket
@@ -109,10 +108,7 @@ def launch_command(state: CliState, options: StudyOptions, workers: int | None,
     # Every worker gets what this launcher resolved, so they agree on the study, and the device
     # `cuda` under its own CUDA_VISIBLE_DEVICES (CPU workers have CUDA hidden, so `auto` finds
     # MPS or the CPU).
-    for_workers = dataclasses.replace(
-        options, trials=budget, study_name=settings.study_name, dataset=settings.dataset,
-        epochs=settings.epochs, sampler=settings.sampler, pruner=settings.pruner, cv=settings.cv,
-        device="cuda" if gpu_list else options.device)
+    for_workers = options.resolved(settings, device="cuda" if gpu_list else options.device)
     result = launch(plans, worker_argv(for_workers), env=state.worker_env())
     click.echo(f"\nworkers exited with {result.exit_codes} after {result.seconds:.1f} s"
                + (" (interrupted)" if result.interrupted else ""))
@@ -127,11 +123,9 @@ def _create_study(
     state: CliState, options: StudyOptions, settings: RunSettings, *, workers: int
 ) -> tuple[StorageHandle, str]:
     """Open the storage and create the study once, not K times; each worker checks its own
-    data against it again. The data are loaded first, once: a missing data set is one error, a
-    download happens once, and that error leaves no new storage file behind."""
-    base = settings.base_config(0)
-    cache = DataCache(settings.data_dir, torch.device("cpu"))
-    cache.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
+    data against it again. The data are loaded first: a missing data set leaves no new storage
+    file behind."""
+    base, cache = settings.base_config(0), fetch_data(settings)
     handle = state.open_storage()
     if handle.kind == "sqlite" and workers > 1:
         raise StorageError(
@@ -147,6 +141,16 @@ def _create_study(
         ConvergenceWatch(study, handle, metric=settings.spec.metric,
                          min_trials=options.stop_min_trials)
     return handle, study.study_name
+
+
+def fetch_data(settings: RunSettings) -> DataCache:
+    """Load the study's data once, on the CPU, before starting workers that load it again
+    themselves: a missing data set is one error here, not one per worker, and a download
+    happens once, into the cache the workers read."""
+    base = settings.base_config(0)
+    cache = DataCache(settings.data_dir, torch.device("cpu"))
+    cache.get(base.dataset, val_fraction=base.val_fraction, split_seed=base.split_seed)
+    return cache
 
 
 def _launch_gpus(gpus: tuple[str, ...] | None, device: str) -> list[str]:

@@ -83,6 +83,15 @@ class StudyOptions:
     def speed(self) -> SpeedOptions:
         return SpeedOptions(compile=self.compile, bf16=self.bf16)
 
+    def resolved(self, settings: RunSettings, *, device: str) -> StudyOptions:
+        """These options with what `settings` resolved written out, for workers started
+        elsewhere (`launch`, a Slurm array): they agree on the study whatever defaults they
+        would pick themselves, and each runs on `device`."""
+        return dataclasses.replace(
+            self, trials=self.trials or settings.spec.trials, study_name=settings.study_name,
+            dataset=settings.dataset, epochs=settings.epochs, sampler=settings.sampler,
+            pruner=settings.pruner, cv=settings.cv, device=device)
+
     @staticmethod
     def from_params(params: dict[str, Any]) -> StudyOptions:
         """Take this object's fields out of `params` (a command's parsed parameters, or the

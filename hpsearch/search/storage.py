@@ -314,3 +314,24 @@ def open_existing_storage(
     if path is not None and not path.exists():
         raise StorageError(f"storage {url!r}: {path} does not exist (nothing was created); {hint}")
     return open_storage(url, heartbeat=None, readonly=True, db_retry_seconds=db_retry_seconds)
+
+
+def server_url(url: str | None, *, for_what: str) -> str:
+    """`url` checked, without connecting, as a PostgreSQL URL fit to write into a file that
+    workers on other machines read (`for_what` says which): a SQLite or journal file lives on
+    one machine, and a password would sit in that file (and in the job's environment)."""
+    url = (url or DEFAULT_STORAGE).strip()
+    parsed = _parse(url) if not url.startswith("journal:") else None
+    shown = parsed.render_as_string(hide_password=True) if parsed is not None else url
+    if parsed is None or parsed.get_backend_name() != "postgresql":
+        raise StorageError(
+            f"storage {shown!r}: {for_what} run on other machines, which cannot share a SQLite "
+            "or journal file; give the PostgreSQL they all reach: --storage "
+            "postgresql://USER@HOST:PORT/DB (or HPSEARCH_STORAGE)")
+    _postgres_url(parsed, shown)  # names a database
+    if parsed.password is not None:
+        raise StorageError(
+            f"storage {shown!r}: the password would be written into the file that starts "
+            f"{for_what}; give the URL without it and put the password in ~/.pgpass on the nodes (libpq reads it: "
+            "HOST:PORT:DB:USER:PASSWORD, mode 600)")
+    return url
