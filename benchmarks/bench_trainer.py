@@ -66,6 +66,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also time (b) with --compile")
     parser.add_argument("--repeat", type=int, default=1, help="time (a)-(c) this often, keep the best")
     parser.add_argument("--skip-studies", action="store_true", help="leave out part (d)")
+    parser.add_argument("--studies-only", action="store_true",
+                        help="only part (d) and its split per trial (to compare two hpsearch trees)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,6 +94,9 @@ def main() -> None:
         for forward in ("vmap", "baddbmm"):
             train_population([warm, warm.replace(seed=1)], _subset(splits, 500), device=device,
                              forward=forward)
+        if args.studies_only:
+            _studies(args, raw_root, device, rows)
+            return
         timed("(a) notebook: DataLoader + ToTensor, .to(device) per batch",
               lambda: _notebook(raw_root, config, device, args.train_subset))
         timed("(b) hpsearch single trial (data resident)",
@@ -240,8 +245,9 @@ class StudyTimes:
 
 
 @contextlib.contextmanager
-def _study_timer() -> Iterator[StudyTimes]:
-    """Time the calls of OPTUNA_CALLS and SPLIT while a study runs, exclusive of nested ones."""
+def _study_timer(clock: Callable[[], float] = time.perf_counter) -> Iterator[StudyTimes]:
+    """Time the calls of OPTUNA_CALLS and SPLIT while a study runs, exclusive of nested ones
+    (`clock`: wall time; `time.process_time` gives CPU time, which a busy machine inflates less)."""
     times = StudyTimes()
     nested: list[float] = []  # per open timed call: seconds of timed calls inside it so far
     targets = [(owner, name, "optuna") for owner, name in OPTUNA_CALLS]
@@ -251,12 +257,12 @@ def _study_timer() -> Iterator[StudyTimes]:
     def wrap(name: str, part: str, fn: Callable[..., object]) -> Callable[..., object]:
         @functools.wraps(fn)
         def timed(*a: object, **kw: object) -> object:
-            started = time.perf_counter()
+            started = clock()
             nested.append(0.0)
             try:
                 return fn(*a, **kw)
             finally:
-                elapsed = time.perf_counter() - started
+                elapsed = clock() - started
                 own = elapsed - nested.pop()
                 if nested:
                     nested[-1] += elapsed
