@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.search.optuna_private import BaseHeartbeat, trial_id
 from hpsearch.search.outcomes import LOST
@@ -74,8 +74,11 @@ def heartbeat(handle: StorageHandle, trial_id: int | Sequence[int]) -> Iterator[
         thread.join()
 
 
-def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]:
+def recover_lost_trials(
+    study: optuna.Study, handle: StorageHandle, *, running: Sequence[FrozenTrial] | None = None,
+) -> list[int]:
     """Fail, and queue again, running trials whose worker is gone; return their numbers.
+    `running`: the study's RUNNING trials, when the caller has just read them (one read fewer).
 
     Three ways to know: Optuna's heartbeat (RDB storages: no beat for the grace period); on the
     journal, which has none, hpsearch's own beat (`storage.ATTR_BEAT`, a trial system attribute)
@@ -90,7 +93,11 @@ def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]
     interval = handle.heartbeat_interval if handle.kind == "journal" else None
     grace = 3 * interval if interval else None
     lost = []
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    if running is None:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    # A trial that fail_stale_trials has just failed may still be in `running`: marking it lost
+    # raises UpdateFinishedTrialError below, and it is left to Optuna's callback.
+    for t in running:
         reason = _lost_reason(t, me, grace=grace, now=time.time())
         if reason is None:
             continue
@@ -108,7 +115,7 @@ def recover_lost_trials(study: optuna.Study, handle: StorageHandle) -> list[int]
 
 
 def _lost_reason(
-    trial: optuna.trial.FrozenTrial, me: WorkerIdentity, *, grace: float | None, now: float
+    trial: FrozenTrial, me: WorkerIdentity, *, grace: float | None, now: float
 ) -> str | None:
     """Why the running `trial` has no live worker, or None while it may have one."""
     worker = RunRecord.from_trial(trial).worker

@@ -14,12 +14,12 @@ import dataclasses
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import optuna
 import torch
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from hpsearch.data import DataCache
 from hpsearch.errors import StudyError
@@ -58,9 +58,10 @@ class BudgetState:
         return self.done + self.running + self.waiting
 
 
-def budget_state(study: optuna.Study) -> BudgetState:
+def budget_state(study: optuna.Study, trials: Sequence[FrozenTrial] | None = None) -> BudgetState:
+    """The study's count of trials done, running and waiting (from `trials` when just read)."""
     done = running = waiting = 0
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False) if trials is None else trials:
         if trial_outcome(t) in COUNTED:
             done += 1
         elif t.state == TrialState.RUNNING:
@@ -207,9 +208,16 @@ class _Worker:
 
     def _ask_batch(self) -> list[optuna.Trial] | None:
         """Up to `population` trials, fewer near the end of the budget; None once it is met."""
-        recover_lost_trials(self.study, self.handle)
         with self.handle.lock(self.settings.study_name):
-            state = budget_state(self.study)
+            trials = self.study.get_trials(deepcopy=False)
+            state = budget_state(self.study, trials)
+            # Only a RUNNING trial can be lost: with none (a lone worker between its batches)
+            # recovery is skipped, and otherwise it reuses this read (one read of the storage
+            # per ask, not three; bench_trainer's split, part (d)).
+            if state.running:
+                recover_lost_trials(self.study, self.handle,
+                                    running=[t for t in trials if t.state == TrialState.RUNNING])
+                state = budget_state(self.study)
             if state.done >= self.options.trials:
                 return None
             # Asking a queued (WAITING) trial does not add to the planned count; a new one does.
