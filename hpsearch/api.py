@@ -29,6 +29,7 @@ import optuna
 
 from hpsearch.analysis.export import export_document, load_exported, write_document
 from hpsearch.analysis.final import markdown, run_final
+from hpsearch.analysis.pareto import first_objective_view
 from hpsearch.analysis.report import Report, build_report, level_parameters, parameter_table
 from hpsearch.config import TrainConfig
 from hpsearch.data import DataCache, DataDirs
@@ -183,12 +184,14 @@ def _load(study: optuna.Study | str, storage: str) -> tuple[optuna.Study, str]:
 
 
 def export_best(
-    study: optuna.Study | str, path: str | Path, *, top: int = 3, storage: str = DEFAULT_STORAGE,
-    allow_other_data: bool = False,
+    study: optuna.Study | str, path: str | Path, *, top: int | None = 3,
+    storage: str = DEFAULT_STORAGE, allow_other_data: bool = False, by: str | None = None,
 ) -> Path:
-    """Write the best `top` configs, ready for `final_evaluation`, as `hpsearch export` does."""
+    """Write the best `top` configs, ready for `final_evaluation`, as `hpsearch export` does: of
+    a multi-objective study the first `top` of its Pareto front (`top=None`: all of it), or the
+    `top` best by the metric `by`."""
     loaded, url = _load(study, storage)
-    write_document(export_document(loaded, top=top, storage_url=url,
+    write_document(export_document(loaded, top=top, storage_url=url, by=by,
                                    allow_other_data=allow_other_data), Path(path))
     return Path(path)
 
@@ -219,6 +222,8 @@ def trend_table(study: optuna.Study | str, *, storage: str = DEFAULT_STORAGE) ->
     import pandas as pd
 
     loaded = load_study(study, storage=storage)
+    if study_metric(loaded).multi_objective:  # ranked by the first objective, as the report does
+        loaded = first_objective_view(loaded, study_metric(loaded))
     trials, metric = loaded.get_trials(deepcopy=False), study_metric(loaded)
     rows = [(name, *row) for name, values in level_parameters(trials).items()
             for row in parameter_table(trials, name, values, maximize=metric.maximize)]

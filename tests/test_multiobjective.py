@@ -278,3 +278,16 @@ def suggest(trial, base):
         # Stored fold seconds are rounded to the millisecond.
         assert seconds == pytest.approx(sum(cv["seconds"]) / sum(cv["epochs_run"]), abs=1e-3)
         assert size == t.user_attrs["result"]["n_params"]
+
+
+def test_the_python_api_reads_a_multi_objective_study(study_url: str, tmp_path: Path) -> None:
+    import hpsearch
+
+    assert hpsearch.answer("mlp_size", storage=study_url).startswith("a Pareto front of")
+    table = hpsearch.trend_table("mlp_size", storage=study_url)
+    assert "best val_error" in table.columns and table["completed"].sum() > 0
+    assert "pareto_front" in hpsearch.figures("mlp_size", storage=study_url)
+    path = hpsearch.export_best("mlp_size", tmp_path / "api.yaml", storage=study_url, top=None)
+    exported = {e["trial"] for e in yaml.safe_load(path.read_text())["configs"]}
+    assert exported == non_dominated(load(study_url).get_trials(
+        states=(optuna.trial.TrialState.COMPLETE,)))
