@@ -21,7 +21,7 @@ from pathlib import Path
 from hpsearch.config import TrainConfig
 
 BASE = TrainConfig(dataset="digits", hidden=(8,), epochs=1)
-TRIALS = 8
+TRIALS = 6
 SAMPLER = "random"
 PRUNER = "none"
 GATE = Path({gate!r})
@@ -67,7 +67,7 @@ def test_piped_run_prints_each_trial_as_it_finishes(population: int, tmp_path: P
     module = tmp_path / "gated.py"
     module.write_text(MODULE.format(gate=str(gate)))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpsearch", "run", str(module), "--trials", "8", "--population",
+        [sys.executable, "-m", "hpsearch", "run", str(module), "--trials", "6", "--population",
          str(population), "--storage", f"sqlite:///{tmp_path / 'pipe.db'}"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp_path)
     try:
@@ -75,10 +75,10 @@ def test_piped_run_prints_each_trial_as_it_finishes(population: int, tmp_path: P
         first = lines.until(4, seconds=240)  # before trial 4 may even start
         assert [line.split()[1] for line in first] == ["0", "1", "2", "3"], lines.lines
         gate.touch()
-        every = lines.until(8, seconds=240)
+        every = lines.until(6, seconds=240)
         assert proc.wait(timeout=120) == 0, lines.lines
     finally:
         proc.kill()
         proc.wait()
-    assert [line.split()[1:3] for line in every] == [[str(n), "complete"] for n in range(8)]
-    assert every[-1].endswith("study: 8/8 finished")
+    assert [line.split()[1:3] for line in every] == [[str(n), "complete"] for n in range(6)]
+    assert every[-1].endswith("study: 6/6 finished")

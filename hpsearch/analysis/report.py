@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import html
 import logging
 import re
@@ -30,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 import hpsearch
 from hpsearch.analysis.cost import cost_section, cost_totals
 from hpsearch.analysis.figures import Figure, draw_figures, figure_html
-from hpsearch.analysis.pareto import pareto_report
+from hpsearch.analysis.pareto import ParetoReport, pareto_report
 from hpsearch.analysis.question import Answer, answer_study
 from hpsearch.analysis.stopping import convergence_section
 from hpsearch.data import describe_data
@@ -59,10 +60,21 @@ MAX_REASONS = 15
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    html: str
+    """What a study's page shows; `html` renders the page on first use, so a caller that wants
+    only the answer or the figures (the Python API) never pays for the 4.7 MB of plotly.js."""
+
     figures: list[Figure]  # Optuna's figures
     n_trials: int
     answer: Answer  # the one-line answer, a grid study's table and the figures that answer it
+    study: optuna.Study  # a multi-objective study's view on its first objective
+    trials: list[FrozenTrial] = dataclasses.field(repr=False)
+    complete: list[FrozenTrial] = dataclasses.field(repr=False)  # best first
+    pareto: ParetoReport | None = None
+    storage_url: str = ""
+
+    @functools.cached_property
+    def html(self) -> str:
+        return _page(self)
 
 
 def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
@@ -78,29 +90,35 @@ def build_report(study: optuna.Study, *, storage_url: str = "") -> Report:
     answer = answer_study(study, trials, complete)
     if pareto is not None:  # the front is the answer; the learning curves stay
         answer = dataclasses.replace(answer, line=pareto.line, rule=pareto.rule)
+    return Report(figures=figures, n_trials=len(trials), answer=answer, study=study,
+                  trials=trials, complete=complete, pareto=pareto, storage_url=storage_url)
+
+
+def _page(report: Report) -> str:
+    study, trials, complete, pareto = report.study, report.trials, report.complete, report.pareto
+    metric, maximize = study_metric(study).name, study_metric(study).maximize
     sections = [
-        answer.html(),
+        report.answer.html(),
         *([pareto.section, figure_html(pareto.figure)] if pareto else []),
-        _summary_section(study, trials, complete, metric=metric, storage_url=storage_url),
+        _summary_section(study, trials, complete, metric=metric, storage_url=report.storage_url),
         _outcome_section(trials),
         cost_section(cost_totals(trials, maximize=maximize), metric=metric),
         convergence_section(stored_estimates(study), StopRecord.from_study(study)),
         _best_section(complete, metric=metric),
         _parameter_section(trials, complete, metric=metric, maximize=maximize),
-        *(figure_html(f) for f in figures if not pareto or f is not pareto.figure),
+        *(figure_html(f) for f in report.figures if not pareto or f is not pareto.figure),
     ]
-    page = _PAGE.format(
+    drawn = any(f.plot for f in [*report.figures, *report.answer.figures])
+    return _PAGE.format(
         title=html.escape(f"hpsearch report: {study.study_name}"),
         # Inlined once, and only when there is a figure to draw (it is 4.7 MB).
-        plotlyjs=plotly.offline.get_plotlyjs() if any(f.plot for f in [*figures, *answer.figures])
-        else "",
+        plotlyjs=plotly.offline.get_plotlyjs() if drawn else "",
         body="\n".join(sections),
         footer=html.escape(
             f"hpsearch {hpsearch.__version__}, optuna {optuna.__version__}; generated "
             f"{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}"
         ),
     )
-    return Report(html=page, figures=figures, n_trials=len(trials), answer=answer)
 
 
 def _ranked(trials: list[FrozenTrial], maximize: bool) -> list[FrozenTrial]:
