@@ -126,7 +126,11 @@ def _run_parts(parts: list[str], report: dict, env: dict[str, str], out: Path, d
         report["wall_s"] = time.monotonic() - started
         print(f"gpu-check: {name}: {record['status']} ({record.get('wall_s', 0):.0f} s)", flush=True)
         (out / "gpu-check.json").write_text(json.dumps(report, indent=2))
-        (out / "gpu-check.md").write_text(render(report))
+        try:
+            markdown = render(report)
+        except Exception as e:  # noqa: BLE001 - the JSON holds every number; never lose a run to this
+            markdown = f"# gpu-check\n\nrendering failed ({e!r}); read gpu-check.json\n"
+        (out / "gpu-check.md").write_text(markdown)
 
 
 def _child(name: str, cmd: list[str], env: dict[str, str], timeout: float) -> dict:

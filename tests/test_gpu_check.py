@@ -79,3 +79,25 @@ def test_gpu_check_without_cuda_says_so_and_exits_2(tmp_path: Path) -> None:
 def test_gpu_check_refuses_an_unknown_part(tmp_path: Path) -> None:
     done = _run("--device", "cpu", "--parts", "single,warp-drive", "--out", str(tmp_path))
     assert done.returncode == 2 and "unknown part(s) warp-drive" in done.stderr
+
+
+def test_the_report_marks_the_issues_targets_met_or_not() -> None:
+    from benchmarks.gpu_check_report import render
+
+    def row(variant: str, seconds: float, accuracy: float, **extra: object) -> dict:
+        return {"group": "hinton", "variant": variant, "s_per_trial": seconds,
+                "val_accuracy": accuracy, "peak_gpu_mib": 512.0, **extra}
+
+    rows = [row("(a) notebook: DataLoader + ToTensor", 60.0, 0.890),
+            row("(b') single path, --compile", 1.2, 0.889),
+            row("(c) stack of 256", 0.12, 0.884),
+            row("(d) study hinton_mlp, 256 trials, --population 256", 0.5, 0.90, trials=256)]
+    report = {"profile": "full", "device": "cuda", "data_dir": "d", "budget_s": 450, "wall_s": 400,
+              "started": "now", "parts": [{"name": "all", "status": "ok", "rows": rows}]}
+    markdown = render(report)
+    assert "| (b') at least 40x (a) | 50.0x | yes |" in markdown
+    assert "| (c) at 256: 0.15 s/trial or less | 0.120 ((c) stack of 256) | yes |" in markdown
+    assert "| (d) under 120 s | 128 s | NO |" in markdown
+    assert ("| (c) stack of 256: accuracy no more than 0.5 points below (a) | -0.60 points | NO |"
+            in markdown)
+    assert "| hinton | (c) stack of 256 | 0.120 | 0.8840 | 500.0x | 512 |" in markdown
