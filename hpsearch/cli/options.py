@@ -1,6 +1,6 @@
 """The options of the study-running commands (`run`, `worker`, `launch`), gathered once by click
 into one frozen `StudyOptions` (hpsearch/search/runs.py, which the Python API builds too) and
-passed down; `launch` turns it back into a worker's argv (`worker_argv`)."""
+passed down; `launch` and `slurm-script` turn it back into a worker's argv (`worker_argv`)."""
 
 from __future__ import annotations
 
