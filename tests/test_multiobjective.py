@@ -291,3 +291,16 @@ def test_the_python_api_reads_a_multi_objective_study(study_url: str, tmp_path: 
     exported = {e["trial"] for e in yaml.safe_load(path.read_text())["configs"]}
     assert exported == non_dominated(load(study_url).get_trials(
         states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def test_status_names_a_long_front_in_part(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'long.db'}"
+    study = optuna.create_study(study_name="long", storage=url, directions=["minimize"] * 2)
+    study.set_metric_names(["val_error", "n_params"])
+    for i in range(15):  # every trial is on the front: less error for more parameters
+        study.add_trial(optuna.trial.create_trial(values=[i / 100, 1000 - i], params={},
+                                                  distributions={}))
+    result = CliRunner().invoke(main, ["status", "long", "--storage", url])
+    assert result.exit_code == 0, result.output
+    numbers = ", ".join(f"#{n}" for n in range(12))
+    assert f"Pareto front (val_error, n_params): 15 trial(s): {numbers} and 3 more;" in result.output

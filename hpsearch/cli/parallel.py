@@ -169,6 +169,9 @@ def _launch_gpus(gpus: tuple[str, ...] | None, device: str) -> list[str]:
     return []
 
 
+MAX_FRONT_SHOWN = 12  # Pareto-front trial numbers `status` names; `best` lists them all
+
+
 @click.command("status")
 @click.argument("study_name")
 @storage_option
@@ -188,9 +191,11 @@ def _print_status(status: StudyStatus) -> None:
         more = f" and {len(numbers) - MAX_REASON_TRIALS} more" if len(numbers) > MAX_REASON_TRIALS else ""
         click.echo(f"  {reason}: trial{'s' if len(numbers) > 1 else ''} {shown}{more}")
     if status.objectives:
+        shown = ", ".join(f"#{t.number}" for t in status.pareto[:MAX_FRONT_SHOWN])
+        more = len(status.pareto) - MAX_FRONT_SHOWN
         click.echo(f"Pareto front ({', '.join(status.objectives)}): {len(status.pareto)} trial(s)"
-                   + (f": {', '.join(f'#{t.number}' for t in status.pareto)}" if status.pareto
-                      else "") + f"; `hpsearch best {status.study_name}` lists them")
+                   + (f": {shown}" if shown else "") + (f" and {more} more" if more > 0 else "")
+                   + f"; `hpsearch best {status.study_name}` lists them")
     if status.best is not None:
         click.echo(f"best: trial #{status.best.number}, {status.metric} = {status.best.value:.6g}, "
                    f"{status.best.params}")
