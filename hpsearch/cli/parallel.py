@@ -192,9 +192,9 @@ def _print_status(status: StudyStatus) -> None:
         click.echo(f"  {reason}: trial{'s' if len(numbers) > 1 else ''} {shown}{more}")
     if status.objectives:
         shown = ", ".join(f"#{t.number}" for t in status.pareto[:MAX_FRONT_SHOWN])
-        more = len(status.pareto) - MAX_FRONT_SHOWN
+        unnamed = len(status.pareto) - MAX_FRONT_SHOWN
         click.echo(f"Pareto front ({', '.join(status.objectives)}): {len(status.pareto)} trial(s)"
-                   + (f": {shown}" if shown else "") + (f" and {more} more" if more > 0 else "")
+                   + (f": {shown}" if shown else "") + (f" and {unnamed} more" if unnamed > 0 else "")
                    + f"; `hpsearch best {status.study_name}` lists them")
     if status.best is not None:
         click.echo(f"best: trial #{status.best.number}, {status.metric} = {status.best.value:.6g}, "
