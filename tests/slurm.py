@@ -48,14 +48,18 @@ def _config(root: Path, node: str) -> str:
         "JobCompType=jobcomp/none", "MpiDefault=none", "MailProg=/bin/true",
         "SelectType=select/cons_tres", "SelectTypeParameters=CR_CPU", "ReturnToService=2",
         "KillWait=30",  # Slurm's default: SIGTERM, then SIGKILL 30 s later
-        # As on many clusters: only jobs submitted with --requeue are requeued (Slurm's default
-        # would requeue any batch job).
+        # As on many clusters: only jobs submitted with --requeue are requeued, preempted ones
+        # included (Slurm's default would requeue any batch job).
         "JobRequeue=0",
         (f"NodeName={node} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory={memory_mb} "
          "State=UNKNOWN"),
-        # Up to 3 one-CPU tasks share each core, so a 3-task array runs at once on 2 cores.
+        # Up to 3 one-CPU tasks share each core, so a 3-task array runs at once on 2 cores. A
+        # job of `urgent` preempts those of `test`, which go back in the queue (if they allow it).
+        "PreemptType=preempt/partition_prio", "PreemptMode=REQUEUE",
         (f"PartitionName=test Nodes={node} Default=YES MaxTime=INFINITE State=UP "
-         "OverSubscribe=FORCE:3"),
+         "OverSubscribe=FORCE:3 PriorityTier=1"),
+        (f"PartitionName=urgent Nodes={node} MaxTime=INFINITE State=UP OverSubscribe=NO "
+         "PriorityTier=2 PreemptMode=OFF"),
         "",
     ])
 

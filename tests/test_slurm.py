@@ -1,6 +1,6 @@
 """`hpsearch slurm-script`: the script it prints, and that script run as a job array on a real
-single-node Slurm (tests/slurm.py) against PostgreSQL, with one task cancelled and one requeued
-(what preemption does) mid-trial."""
+single-node Slurm (tests/slurm.py) against PostgreSQL, one task cancelled and two preempted
+mid-study."""
 
 from __future__ import annotations
 
@@ -118,8 +118,21 @@ def _task_of(trial: optuna.trial.FrozenTrial) -> str:
     return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
 
 
+def _check_reruns(trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Every trial that did not finish was stopped by SIGTERM and run again, by another worker,
+    to its end; nothing is left running or queued."""
+    assert {t.state for t in trials} == {TrialState.COMPLETE, TrialState.FAIL}
+    for stopped in (t for t in trials if t.state == TrialState.FAIL):
+        result = stopped.user_attrs["result"]
+        assert result["outcome"] == "interrupted" and result["reason"] == "interrupted by SIGTERM"
+        [rerun] = [t for t in trials
+                   if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == stopped.number]
+        assert rerun.state == TrialState.COMPLETE and rerun.params == stopped.params
+        assert RunRecord.from_trial(rerun).worker.pid != RunRecord.from_trial(stopped).worker.pid
+
+
 @pytest.mark.slurm
-def test_a_slurm_array_of_three_workers_finishes_the_budget_and_reruns_a_cancelled_task_trial(
+def test_a_slurm_array_finishes_the_budget_through_a_cancelled_task_and_a_preemption(
     cli: CliRunner, tmp_path: Path, postgres_url: str
 ) -> None:
     (tmp_path / "slow_two.py").write_text(SLOW_TWO)
@@ -135,38 +148,35 @@ def test_a_slurm_array_of_three_workers_finishes_the_budget_and_reruns_a_cancell
 
         _wait_for(lambda: len(running()) == 2, 120, "trials 0 and 1 to train", cluster)
         trial0, trial1 = sorted(running(), key=lambda t: t.number)
-        cancelled, requeued = _task_of(trial0), _task_of(trial1)
+        cancelled = _task_of(trial0)
+        preempted = sorted({f"{job}_{task}" for task in range(3)} - {cancelled})
+        assert _task_of(trial1) in preempted
         cluster.run("scancel", cancelled)
-        # What preemption with PreemptMode=REQUEUE does to a task; the requeued task then waits
-        # out Slurm's fixed delay before it may start again, which StartTime=now skips.
-        cluster.run("scontrol", "requeue", requeued)
-        _wait_for(lambda: cluster.jobs().get(requeued) == "PENDING", 60, "the requeue", cluster)
-        cluster.run("scontrol", "update", f"JobId={requeued}", "StartTime=now")
+        # A job of the higher partition takes the whole node: Slurm preempts the other two tasks.
+        urgent = cluster.run("sbatch", "--parsable", "--partition=urgent", "--exclusive",
+                             f"--output={tmp_path}/urgent.out", "--wrap", "sleep 1").strip()
+        _wait_for(lambda: cluster.jobs().get(urgent) == "COMPLETED", 120, "the preemption", cluster)
+        # Slurm holds a requeued job about 2 minutes before it may start; StartTime=now skips that.
+        for task in preempted:
+            cluster.run("scontrol", "update", f"JobId={task}", "StartTime=now")
         _wait_for(lambda: all(s in ("COMPLETED", "CANCELLED") for s in cluster.jobs().values()),
                   120, "the array to end", cluster)
         states = cluster.jobs()
-        restarts = cluster.run("scontrol", "show", "job", requeued)
-    logs = {p.name: p.read_text() for p in tmp_path.glob("hpsearch-slow_two-*.out")}
+        shown = {task: cluster.run("scontrol", "show", "job", task) for task in preempted}
+    logs = {p.name.rsplit("-", 1)[1].removesuffix(".out"): p.read_text()
+            for p in tmp_path.glob("hpsearch-slow_two-*.out")}
     trials = _trials(storage)
-    shown = f"{states}\n{logs}"
-    assert set(states) == {f"{job}_{task}" for task in range(3)}, shown
-    assert states[cancelled] == "CANCELLED" and states[requeued] == "COMPLETED", shown
-    assert "Restarts=1" in restarts, restarts
-    finished = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(finished) == 12 and len(trials) == 14, shown
-    for stopped in (trials[0], trials[1]):
-        result = stopped.user_attrs["result"]
-        assert stopped.state == TrialState.FAIL and result["outcome"] == "interrupted", shown
-        assert result["reason"] == "interrupted by SIGTERM"
-        [rerun] = [t for t in trials
-                   if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == stopped.number]
-        assert rerun.state == TrialState.COMPLETE and rerun.params == stopped.params
-        assert RunRecord.from_trial(rerun).worker.pid != RunRecord.from_trial(stopped).worker.pid
-    # The requeued task ran twice, its second run seeded as worker 3 + its index.
-    index = int(requeued.split("_")[1])
-    log = logs[f"hpsearch-slow_two-{job}_{index}.out"]
-    assert f"[w{index}] study slow_two" in log and f"[w{index + 3}] study slow_two" in log, log
-    assert "SIGTERM: its running trial is queued again" in logs[f"hpsearch-slow_two-{cancelled}.out"]
+    assert states == {cancelled: "CANCELLED", urgent: "COMPLETED",
+                      **dict.fromkeys(preempted, "COMPLETED")}, f"{states}\n{logs}"
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 12, logs
+    assert {0, 1} <= {t.number for t in trials if t.state == TrialState.FAIL}
+    _check_reruns(trials)
+    assert "SIGTERM: its running trial is queued again" in logs[cancelled]
+    for task in preempted:
+        # Requeued once; its second run is worker 3 + its index, seeded apart from its first.
+        index = int(task.split("_")[1])
+        assert "Restarts=1" in shown[task] and "DUE TO PREEMPTION" in logs[task], logs[task]
+        assert f"[w{index}] study slow_two" in logs[task] and f"[w{index + 3}] study" in logs[task]
 
 
 def test_without_slurm_the_test_fails_with_the_install_command_that_make_test_runs(
