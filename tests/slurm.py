@@ -73,6 +73,9 @@ class Cluster:
         if missing:
             pytest.fail(f"Slurm is not installed ({', '.join(missing)} missing): `make test` "
                         f"installs it ({INSTALL})")
+        if os.geteuid() != 0:
+            pytest.fail("the Slurm test runs slurmd, which starts jobs, as root (SlurmdUser=root); "
+                        "run the suite as root")
         self.root = root
         self.node = socket.gethostname().split(".")[0]
         self.env = {**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
