@@ -33,6 +33,7 @@ from hpsearch.errors import StudyError
 from hpsearch.search.provenance import RunRecord, as_mapping
 
 if TYPE_CHECKING:
+    from hpsearch.search.registry import StudySpec
     from hpsearch.search.storage import StorageHandle
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,17 @@ def stop_reason(found: Estimate) -> str:
     return (f"converged after {found.complete} complete trials (trial #{found.trial}): the regret "
             f"bound on what more trials could gain, {found.improvement:.4g}, is below the "
             f"validation noise of the best trial, {found.noise:.4g}")
+
+
+def check_stoppable(spec: StudySpec) -> None:
+    """Refuse --stop-when-converged from the study module alone, before any storage is opened or
+    study created: several objectives, or a metric that is not a proportion."""
+    if spec.multi_objective:
+        raise StudyError(
+            f"--stop-when-converged: study module {spec.name!r} has {len(spec.metrics)} "
+            f"objectives ({', '.join(spec.metrics)}), and the Terminator's regret bound is defined "
+            "for one; leave out --stop-when-converged (or stop it with --trials or --timeout)")
+    check_metric(spec.metric)
 
 
 def check_multi_objective(study: optuna.Study) -> None:

@@ -18,7 +18,7 @@ import torch
 from hpsearch.data import DataCache, DataDirs
 from hpsearch.devices import parse_device, resolve_device
 from hpsearch.errors import StudyError
-from hpsearch.search.convergence import DEFAULT_MIN_TRIALS
+from hpsearch.search.convergence import DEFAULT_MIN_TRIALS, check_stoppable
 from hpsearch.search.registry import PRUNERS, SAMPLERS, load_study
 from hpsearch.search.reports import OnProgress
 from hpsearch.search.settings import RunSettings, resolve_settings
@@ -59,8 +59,11 @@ class StudyOptions:
         """The study module named in `study`, resolved against these options, its data read
         from `data_dir` or `cache_dir` (HPSEARCH_DATA_DIR), downloaded only if `download`."""
         data = DataDirs(data_dir=self.data_dir, cache_dir=cache_dir, download=download)
+        spec = load_study(self.study)
+        if self.stop_when_converged:  # refused before a storage or study is made for nothing
+            check_stoppable(spec)
         return resolve_settings(
-            load_study(self.study), study_name=self.study_name, dataset=self.dataset,
+            spec, study_name=self.study_name, dataset=self.dataset,
             epochs=self.epochs, seed=self.seed, sampler=self.sampler, pruner=self.pruner,
             data_dir=data, cv=self.cv, allow_other_data=self.allow_other_data)
 
