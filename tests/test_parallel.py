@@ -197,7 +197,10 @@ def test_workers_carry_on_when_postgresql_drops_their_connections(
 ) -> None:
     database = postgres_url.rsplit("/", 1)[1]
     admin = postgres_url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0] + "/postgres"
-    proc = _hpsearch("worker", "quickstart", "--trials", "12", "--epochs", "3", "--storage",
+    # 10 epochs and a drop every 0.1 s: a worker with few storage reads per trial can finish a
+    # short study on connections that the pool's pre-ping replaced between transactions, and
+    # then meets no dropped connection at all (seen once in CI with 3 epochs and 0.5 s).
+    proc = _hpsearch("worker", "quickstart", "--trials", "12", "--epochs", "10", "--storage",
                      postgres_url, "--worker-index", "0")
     dropped = 0
     stop = threading.Event()
@@ -205,7 +208,7 @@ def test_workers_carry_on_when_postgresql_drops_their_connections(
     def drop_connections() -> None:
         nonlocal dropped
         with psycopg.connect(admin, autocommit=True) as conn:
-            while not stop.wait(0.5):
+            while not stop.wait(0.1):
                 rows = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                     "WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
