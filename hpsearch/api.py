@@ -37,7 +37,7 @@ from hpsearch.devices import resolve_device
 from hpsearch.errors import StudyError
 from hpsearch.search.outcomes import interrupt_reason, outcome_reason, trial_outcome
 from hpsearch.search.record import TrialRecord, load_existing_study, study_metric
-from hpsearch.search.reports import Progress, TrialOutcome, describe
+from hpsearch.search.reports import Progress, TrialOutcome, describe, finished_line
 from hpsearch.search.runs import StudyOptions, prepare_run
 from hpsearch.search.runs import run_study as _run_study
 from hpsearch.search.storage import DEFAULT_STORAGE, open_existing_storage, open_storage
@@ -282,8 +282,8 @@ class _TrialBar:
         self.bar.update(min(state.done, self.total) - self.bar.n)
         self.bar.set_postfix_str(describe(outcome))
         if self.enabled and self.bar.disable:
-            print(f"{describe(outcome)} ({outcome.seconds:.1f} s); study: {state.done}/"
-                  f"{self.total} finished", file=sys.stderr, flush=True)
+            print(finished_line(outcome, done=state.done, budget=self.total), file=sys.stderr,
+                  flush=True)
 
     def on_progress(self, progress: Progress) -> None:
         self.bar.set_postfix_str(describe(progress))

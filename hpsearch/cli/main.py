@@ -52,7 +52,7 @@ from hpsearch.search.record import (
     study_metric,
 )
 from hpsearch.search.registry import load_study, study_names
-from hpsearch.search.reports import Progress, TrialOutcome, describe
+from hpsearch.search.reports import Progress, TrialOutcome, describe, finished_line
 from hpsearch.search.runs import run_study
 from hpsearch.search.storage import DEFAULT_DB_RETRY_SECONDS, DEFAULT_HEARTBEAT
 from hpsearch.search.worker import BudgetState, WorkerReport
@@ -148,8 +148,7 @@ def run_command(state: CliState, options: StudyOptions, threads: int) -> None:
             bar.current_item = outcome
             bar.update(min(state.done, budget) - bar.pos)
             if not interactive:  # a log file: one line per finished trial, as `worker` prints
-                click.echo(f"{describe(outcome)} ({outcome.seconds:.1f} s); study: "
-                           f"{state.done}/{budget} finished")
+                click.echo(finished_line(outcome, done=state.done, budget=budget))
 
         def on_progress(progress: Progress) -> None:
             # A CPU trial can take minutes: redraw with the running trial's epoch.

@@ -29,7 +29,7 @@ from hpsearch.search.convergence import ConvergenceWatch
 from hpsearch.search.launch import launch, plan_workers
 from hpsearch.search.outcomes import describe_counts, interrupt_on_signals, interrupt_reason
 from hpsearch.search.record import RunRecord, load_existing_study
-from hpsearch.search.reports import TrialOutcome, describe
+from hpsearch.search.reports import TrialOutcome, finished_line
 from hpsearch.search.runs import run_study
 from hpsearch.search.settings import RunSettings, data_record
 from hpsearch.search.storage import StorageHandle
@@ -64,8 +64,8 @@ def worker_command(state: CliState, options: StudyOptions, worker_index: int | N
                f"{run.handle.url}, budget {run.budget} trials")
 
     def on_trial(outcome: TrialOutcome, state: BudgetState) -> None:
-        click.echo(f"[{name}] {describe(outcome)} ({outcome.seconds:.1f} s); study: "
-                   f"{state.done}/{run.budget} finished, {state.running} running")
+        click.echo(f"[{name}] {finished_line(outcome, done=state.done, budget=run.budget)}, "
+                   f"{state.running} running")
 
     try:
         report = run_study(run, options, sampler_seed=sampler_seed, on_trial=on_trial)

@@ -303,7 +303,6 @@ def storage_file(url: str | None) -> Path | None:
     return None
 
 
-
 def open_existing_storage(
     url: str, *, hint: str, db_retry_seconds: float = DEFAULT_DB_RETRY_SECONDS,
 ) -> StorageHandle:
