@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from hpsearch.analysis.dashboard import is_loopback, make_dashboard_server
+from waitress import trigger
+
+from hpsearch.analysis.dashboard import DashboardServer, is_loopback, make_dashboard_server
 from hpsearch.cli import main
 from hpsearch.search.storage import open_storage
 from tests import browser
@@ -114,3 +117,47 @@ def test_study_page_renders_its_trials_in_chromium(served: str) -> None:
     for number in range(TRIALS):
         assert f"Trial {number}" in trials_page
     assert "lr" in trials_page  # the searched parameter is shown
+
+
+def slow_app(entered: threading.Event, release: threading.Event):
+    def app(environ: dict, start_response) -> list[bytes]:
+        entered.set()
+        release.wait(10)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"answered"]
+    return app
+
+
+def test_stopping_the_server_answers_the_request_in_flight_first() -> None:
+    entered, release = threading.Event(), threading.Event()
+    server = DashboardServer(slow_app(entered, release), host="127.0.0.1", port=0, threads=2)
+    answers: list[bytes | Exception] = []
+
+    def ask(url: str) -> None:
+        try:
+            answers.append(urllib.request.urlopen(url, timeout=20).read())
+        except Exception as e:  # noqa: BLE001 (the assertion below shows it)
+            answers.append(e)
+
+    with server.in_background() as base:
+        client = threading.Thread(target=ask, args=(base,))
+        client.start()
+        assert entered.wait(10)
+        threading.Timer(0.5, release.set).start()  # still working when the server is stopped
+    client.join(20)
+    assert answers == [b"answered"]
+
+
+def test_stopping_survives_a_trigger_closed_under_the_server(sqlite_url: str) -> None:
+    """The CI failure this guards: the loop's wake-up pipe already closed at shutdown."""
+    run_quickstart(sqlite_url)
+    server = make_dashboard_server(open_storage(sqlite_url, heartbeat=None),
+                                   host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    wake = next(d for d in server._map.values() if isinstance(d, trigger.trigger))
+    os.close(wake.trigger)
+    server.shutdown()
+    thread.join(10)
+    assert not thread.is_alive() and not server._map
+    server.server_close()

@@ -145,17 +145,33 @@ class DashboardServer:
         self._serving.set()
         try:
             self._server.run()
+        except OSError:
+            if self._map:  # not closed by `shutdown`'s fallback under the loop's select
+                raise
         finally:
             self._server.task_dispatcher.shutdown()
             self._serving.clear()
             self._stopped.set()
 
     def shutdown(self) -> None:
-        """Stop `serve_forever` and wait until it has returned (socketserver's contract)."""
-        # Closed from inside waitress's own loop (a trigger's thunk, run as soon as the loop
-        # runs), which then finds no socket left and returns.
-        wake = next(d for d in list(self._map.values()) if isinstance(d, trigger.trigger))
-        wake.pull_trigger(lambda: wasyncore.close_all(self._map))
+        """Stop `serve_forever` and wait until it has returned (socketserver's contract).
+
+        Requests in flight are answered first (for up to 5 s, waitress's own limit)."""
+        # The worker threads end before any socket closes, so a response being written is not
+        # cut off and no thread is left to touch a channel or trigger the loop has closed.
+        self._server.task_dispatcher.shutdown()
+        # Then closed from inside waitress's own loop (a trigger's thunk, run as soon as the
+        # loop runs), which then finds no socket left and returns.
+        wake = next((d for d in list(self._map.values()) if isinstance(d, trigger.trigger)), None)
+        try:
+            if wake is None:
+                raise OSError("its wake-up pipe is closed")
+            wake.pull_trigger(lambda: wasyncore.close_all(self._map))
+        except OSError as e:  # close from here; the loop finds an empty map when its poll times
+            # out (waitress's asyncore_loop_timeout, 1 s)
+            logger.warning("dashboard shutdown: cannot wake the server loop (%s); closing from "
+                           "this thread", e)
+            wasyncore.close_all(self._map, ignore_all=True)
         if self._serving.is_set():
             self._stopped.wait()
 
