@@ -46,10 +46,11 @@ def wilson_by_formula(errors: int, n: int) -> tuple[float, float]:
 
 
 def t_by_formula(values: list[float]) -> tuple[float, float]:
-    """Student's 95% t interval for the mean: mean +- t(0.975, n-1) * s / sqrt(n)."""
+    """Student's 95% t interval for the mean, mean +- t(0.975, n-1) * s / sqrt(n), cut to
+    [0, 1] (an error rate's range)."""
     n = len(values)
     half = scipy.stats.t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n)
-    return float(np.mean(values) - half), float(np.mean(values) + half)
+    return max(float(np.mean(values) - half), 0.0), min(float(np.mean(values) + half), 1.0)
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,7 @@ def test_final_reports_each_objective_with_its_interval(study_url: str, tmp_path
         assert objectives["epoch_seconds_mean"] == pytest.approx(statistics.fmean(seconds))
         assert objectives["epoch_seconds_std"] == pytest.approx(statistics.stdev(seconds))
         low, high = objectives["epoch_seconds_t_ci"]
-        assert low <= objectives["epoch_seconds_mean"] <= high
+        assert 0 <= low <= objectives["epoch_seconds_mean"] <= high
         row = next(line for line in final.output.splitlines()
                    if line.startswith(f"| {config['label']} | val_error"))
         assert f"| {entry['values']['n_params']:.0f} |" in row and "±" in row

@@ -72,6 +72,14 @@ def test_t_interval_edge_cases() -> None:
     assert t_interval([0.05, 0.05, 0.05]) == (0.05, 0.05)
 
 
+def test_t_interval_is_cut_to_the_range_the_quantity_can_take() -> None:
+    # Two seeds at 0 errors and one at 3%: the symmetric interval reaches below 0.
+    raw = t_interval([0.0, 0.0, 0.03])
+    assert raw is not None and raw[0] == pytest.approx(-0.0330265, abs=1e-6)
+    assert t_interval([0.0, 0.0, 0.03], within=(0.0, 1.0)) == (0.0, raw[1])
+    assert t_interval([0.97, 1.0, 1.0], within=(0.0, 1.0))[1] == 1.0  # type: ignore[index]
+
+
 def test_t_interval_shrinks_with_more_seeds() -> None:
     pattern = [0.10, 0.12, 0.11, 0.09, 0.13]
     narrow = t_interval(pattern * 4)

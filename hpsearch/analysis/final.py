@@ -205,7 +205,7 @@ def summarise(runs: Sequence[dict[str, Any]], labels: Sequence[int]) -> dict[str
         return None
     errors = [r["error"] for r in ok]
     mean_error, std_error = mean_std(errors)
-    ci = t_interval(errors)
+    ci = t_interval(errors, within=(0.0, 1.0))
     f1_mean, _ = mean_std([r["f1"] for r in ok])
     vote = plurality_vote([r["predictions"] for r in ok])
     vote_errors = sum(p != y for p, y in zip(vote, labels))

@@ -11,6 +11,7 @@ final runs, each with the interval that fits how it varies.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,7 +43,7 @@ def objective_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     assert len(sizes) == 1, f"one config built models of {sorted(sizes)} parameters"
     seconds = [r["epoch_seconds"] for r in ok]
     mean, std = mean_std(seconds)
-    ci = t_interval(seconds)
+    ci = t_interval(seconds, within=(0.0, math.inf))
     return {"n_params": sizes.pop(), "epoch_seconds_mean": mean, "epoch_seconds_std": std,
             "epoch_seconds_t_ci": list(ci) if ci else None}
 

@@ -39,9 +39,15 @@ def wilson_interval(
 
 
 def t_interval(
-    values: Sequence[float], *, confidence: float = CONFIDENCE
+    values: Sequence[float], *, confidence: float = CONFIDENCE,
+    within: tuple[float, float] = (-math.inf, math.inf),
 ) -> tuple[float, float] | None:
-    """Student's t interval for the mean of `values`; None for fewer than two values."""
+    """Student's t interval for the mean of `values`; None for fewer than two values.
+
+    `within` is the range the quantity can take (an error rate: [0, 1]). The t interval is
+    symmetric and can leave it when the spread is large next to the mean (errors of 0.00, 0.00
+    and 0.03 over three seeds give about [-0.033, 0.053]); it is cut to that range, which keeps
+    its coverage, since the true mean lies inside the range anyway."""
     data = np.asarray(values, dtype=float)
     if data.size < 2:
         return None
@@ -50,7 +56,8 @@ def t_interval(
     if np.ptp(data) == 0:
         return float(data[0]), float(data[0])
     ci = stats.ttest_1samp(data, popmean=0.0).confidence_interval(confidence_level=confidence)
-    return float(ci.low), float(ci.high)
+    low, high = within
+    return max(float(ci.low), low), min(float(ci.high), high)
 
 
 @dataclasses.dataclass(frozen=True)
