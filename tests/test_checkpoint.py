@@ -97,6 +97,22 @@ CONFIGS = {
 }
 
 
+def _stopped_early_before(config: TrainConfig, data, epoch: int) -> tuple[TrainConfig, TrainResult]:  # type: ignore[no-untyped-def]
+    """`config` at the first seed, from its own on, whose run stops early after `epoch` + 1 with
+    its best epoch before `epoch`: the run resumed after `epoch` - 1 must restore a best state it
+    did not see, and saves once more under its own name before its last epoch.
+
+    SGD at lr 0.8 with momentum is chaotic: which seed does that differs between CPUs, whose
+    float kernels round differently (seed 11 stopped at epoch 5 on one machine and ran all 7
+    epochs on another), so the test looks for one instead of naming it."""
+    for seed in range(config.seed, config.seed + 30):
+        candidate = config.replace(seed=seed)
+        whole = train(candidate, data, device=CPU)
+        if whole.stop_reason == "early_stopping" and whole.best_epoch < epoch < len(whole.history):
+            return candidate, whole
+    pytest.fail(f"no seed in {config.seed}..{config.seed + 29} stops {config} early after epoch {epoch + 1}")
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one_exactly(
     name: str, tmp_path: Path
@@ -104,7 +120,10 @@ def test_a_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one_exactly(
     config = CONFIGS[name]
     data = DataCache(None, CPU).get("digits", val_fraction=config.val_fraction,
                                     split_seed=config.split_seed)
-    whole = train(config, data, device=CPU)
+    if config.stopping == "early":
+        config, whole = _stopped_early_before(config, data, 4)
+    else:
+        whole = train(config, data, device=CPU)
     first = checkpoint_file(tmp_path, "s", 0)
     _interrupted_at(config, 4, RunCheckpoint(save_to=first))  # saved after epoch 3
     seen: list[int] = []
@@ -119,8 +138,6 @@ def test_a_run_resumed_from_its_checkpoint_equals_an_uninterrupted_one_exactly(
         assert torch.equal(a, b), key
     # The resumed run went on saving under its own name, and the last epoch saves nothing.
     assert checkpoint_file(tmp_path, "s", 1).path.exists()
-    if name.startswith("sgd"):  # best at epoch 2, stopped at 5: the restored best state served
-        assert (whole.best_epoch, len(whole.history), whole.stop_reason) == (2, 5, "early_stopping")
 
 
 # --- the search layer: the link from a re-queued trial, what it resumes from, the clean-up ----
