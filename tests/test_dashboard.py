@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from waitress import trigger
 
 from hpsearch.analysis.dashboard import DashboardServer, is_loopback, make_dashboard_server
