@@ -93,7 +93,8 @@ def run_final(
         "versions": dict(here.versions),
         "method": {
             "per_seed_interval": "Wilson score interval for the test error (scipy binomtest)",
-            "mean_interval": "Student t interval over the per-seed test errors (scipy ttest_1samp)",
+            "mean_interval": "Student t interval over the per-seed test errors (scipy ttest_1samp), "
+                             "cut to [0, 1]",
             "comparison": "exact McNemar test (binomial on discordant examples) between the "
                           "plurality votes of each config's seeds, on the same test examples",
             "correction": f"Holm over all pairs; tied when the corrected p >= {ALPHA:.2f}",
