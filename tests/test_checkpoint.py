@@ -24,7 +24,7 @@ import torch
 from optuna.trial import TrialState
 
 from hpsearch.config import TrainConfig
-from hpsearch.data import DataCache
+from hpsearch.data import DataCache, Splits
 from hpsearch.search.checkpoints import ATTR_RESUMED, checkpoint_file
 from hpsearch.search.optuna_private import trial_id
 from hpsearch.search.outcomes import trial_outcome
@@ -97,7 +97,9 @@ CONFIGS = {
 }
 
 
-def _stopped_early_before(config: TrainConfig, data, epoch: int) -> tuple[TrainConfig, TrainResult]:  # type: ignore[no-untyped-def]
+def _stopped_early_before(
+    config: TrainConfig, data: Splits, epoch: int
+) -> tuple[TrainConfig, TrainResult]:
     """`config` at the first seed, from its own on, whose run stops early after `epoch` + 1 with
     its best epoch before `epoch`: the run resumed after `epoch` - 1 must restore a best state it
     did not see, and saves once more under its own name before its last epoch.
