@@ -127,6 +127,20 @@ def slow_app(entered: threading.Event, release: threading.Event):
     return app
 
 
+def test_a_new_server_is_ready_when_made() -> None:
+    """Its worker threads all wait for work before its URL is shown. Without that, waitress
+    counts them busy, and a first request that came early logged "Task queue depth is 1" (a
+    fresh-clone CI run failed on it); a bare waitress server shows the race about once in three."""
+    for _ in range(20):
+        server = DashboardServer(lambda environ, start_response: [], host="127.0.0.1", port=0,
+                                 threads=8)
+        try:
+            assert server._server.task_dispatcher.active_count == 0
+        finally:
+            server._server.task_dispatcher.shutdown()
+            server.server_close()
+
+
 def test_stopping_the_server_answers_the_request_in_flight_first() -> None:
     entered, release = threading.Event(), threading.Event()
     server = DashboardServer(slow_app(entered, release), host="127.0.0.1", port=0, threads=2)

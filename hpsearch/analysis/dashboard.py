@@ -17,6 +17,7 @@ import json
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,16 @@ class DashboardServer:
             raise HPSearchError(
                 f"cannot serve the dashboard on {host}:{port}: {e.strerror}; choose another --port "
                 "(or --port 0 for any free one) or --host") from e
+        self._wait_for_idle_threads()
+
+    def _wait_for_idle_threads(self, timeout: float = 5.0) -> None:
+        """Return once every worker thread waits for work, so the server is ready when its URL is
+        shown. waitress counts a new thread busy until it first waits; on a loaded machine the
+        first request could come sooner and log a false "Task queue depth is 1"."""
+        dispatcher = self._server.task_dispatcher
+        deadline = time.monotonic() + timeout
+        while dispatcher.active_count > 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     @property
     def server_address(self) -> tuple[str, int]:
