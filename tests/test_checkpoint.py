@@ -181,7 +181,7 @@ def test_a_requeued_trial_resumes_from_the_checkpoint_of_the_trial_it_repeats(
     with caplog.at_level(logging.INFO):
         # With --population 2 it is asked with a new trial of its shape, and trains alone.
         report = run_worker(handle, settings, WorkerOptions(
-            trials=population, device=CPU, population=population, checkpoint_dir=str(folder)))
+            trials=population, device=CPU, population=population, checkpoint_dir=folder))
     assert [o.outcome for o in report.outcomes] == ["complete"] * population
     repeat = study.get_trials()[1]
     assert repeat.system_attrs[ATTR_REPEATS] == [0]
