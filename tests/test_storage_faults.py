@@ -396,7 +396,9 @@ def test_real_full_disk_on_a_journal_then_more_space(mount: Callable[..., Path])
     assert done >= 5
 
     subprocess.run(["mount", "-o", "remount,size=5m", str(tiny)], check=True)
-    second = hpsearch(*RUN, "--trials", str(done + 5), "--storage", url)
+    # A trial left running when the disk filled (its end could not be stored, and it never beat)
+    # is recovered once its start is 3 heartbeats old: 30 s by default, 6 s here.
+    second = hpsearch("--heartbeat-seconds", "2", *RUN, "--trials", str(done + 5), "--storage", url)
     assert second.returncode == 0, second.stderr
     trials = optuna_trials(tiny / "full.log")
     assert sum(t.state == TrialState.COMPLETE for t in trials) >= done + 4  # one may have failed on the full disk
